@@ -148,3 +148,47 @@ def tile_components(model: MagicBokeh) -> dict[str, Component]:
         "denoiser": DenoiserComponent(model).eval(),
         "decoder": DecoderComponent(model).eval(),
     }
+
+
+class DepthComponent(Component):
+    """Depth Anything V2 at a static square input: rgb (1, 3, S, S) in [0, 1] -> disparity (1, 1, S, S).
+
+    S = ``config.depth_input`` (518 for sd21/small), a multiple of 14. A static square input means
+    the host resizes the whole image to S x S (bicubic, aspect ratio NOT kept) before the graph and
+    the disparity back to the image size afterwards (``runtime_py.model.depth.estimate_depth_static``
+    does both, so every backend's depth goes through the same host code). ImageNet normalisation is
+    inside the graph; the output is the network's raw relative disparity (>= 0, larger = nearer),
+    min-max normalised by the host.
+    """
+
+    name = "depth"
+
+    def __init__(self, depth_model: nn.Module, input_size: int):
+        super().__init__()
+        from .model.depth import StaticDepthAnything, depth_size_of
+
+        self.static = StaticDepthAnything(depth_model, input_size)
+        self.input_size = self.static.size
+        self.depth_size = depth_size_of(depth_model)
+
+    def input_specs(self) -> list[TensorSpec]:
+        s = self.input_size
+        return [TensorSpec("rgb", (1, 3, s, s), value_range=(0.0, 1.0),
+                           description=f"sRGB uint8 / 255, whole image resized bicubically to {s} x {s} "
+                                       "(aspect ratio not kept), clamped to [0, 1]",
+                           extra={"colour_space": "sRGB", "host_resize": "bicubic", "keeps_aspect": False})]
+
+    def output_specs(self) -> list[TensorSpec]:
+        s = self.input_size
+        return [TensorSpec("disparity", (1, 1, s, s), value_range=None,
+                           description="raw relative disparity (>= 0, larger = nearer); host resizes it back "
+                                       "bilinearly (align_corners=True) and min-max normalises",
+                           extra={"depth_size": self.depth_size, "host_resize_back": "bilinear_align_corners"})]
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.static(rgb)
+
+
+def depth_component(depth_model: nn.Module, config: MagicBokehConfig) -> DepthComponent:
+    """The deployable depth component of ``depth_model`` at ``config.depth_input`` pixels square."""
+    return DepthComponent(depth_model, config.depth_input).eval()

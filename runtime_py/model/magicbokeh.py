@@ -35,7 +35,8 @@ def make_scheduler(config: MagicBokehConfig) -> DDPMScheduler:
 def alpha_cumprod(config: MagicBokehConfig, timestep: int | None = None) -> float:
     """``alphas_cumprod[t]`` as diffusers computes it (float32)."""
     t = config.timestep if timestep is None else timestep
-    return float(make_scheduler(config).alphas_cumprod[t])
+    with torch.device("cpu"):  # also when a model is being built on the meta device
+        return float(make_scheduler(config).alphas_cumprod[t])
 
 
 class MagicBokeh(nn.Module):

@@ -1,0 +1,80 @@
+"""PT2E int8 quantization for XNNPACK: per-channel symmetric int8 weights, int8 activations.
+
+The activation ranges come from calibration on real tiles (``quantize/calibration.py``): random
+noise would set ranges that the encoder, denoiser and decoder never see in use, and the denoiser's
+output is amplified ~15x by the DDPM step, so its ranges matter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from export.prepare import ExportError
+from quantize.recipes import QuantRecipe, get_recipe
+
+
+@dataclass
+class QuantizedProgram:
+    """A quantized exported program plus what it took to make it."""
+
+    program: torch.export.ExportedProgram
+    calibration_batches: int
+    seconds: float
+
+
+def xnnpack_quantizer(recipe: QuantRecipe | None = None):
+    """The XNNPACKQuantizer configured from a backend-neutral recipe (only w8a8 maps onto XNNPACK)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    recipe = recipe or get_recipe("w8a8")
+    if recipe.weight_bits != 8 or recipe.activation_bits != 8:
+        raise ValueError(
+            f"XNNPACK int8 supports the w8a8 recipe only; {recipe.name!r} asks for "
+            f"weights {recipe.weight_bits} bits, activations {recipe.activation_bits} bits"
+        )
+    if not recipe.symmetric:
+        raise ValueError("XNNPACK's int8 weights are symmetric; the recipe asks for asymmetric weights")
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=recipe.per_channel))
+    return quantizer
+
+
+def quantize_program(
+    program: torch.export.ExportedProgram,
+    calibration_inputs: Sequence[tuple[torch.Tensor, ...]],
+    *,
+    recipe: QuantRecipe | None = None,
+    name: str = "component",
+) -> QuantizedProgram:
+    """prepare_pt2e -> run the calibration inputs -> convert_pt2e -> re-export.
+
+    ``calibration_inputs`` are the component's inputs as the reference pipeline feeds them on
+    real tiles; at least one batch is required (an uncalibrated observer has no range).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration_inputs:
+        raise ValueError(f"component {name!r}: int8 quantization needs calibration inputs (got none)")
+    start = time.perf_counter()
+    try:
+        prepared = prepare_pt2e(program.module(), xnnpack_quantizer(recipe))
+        with torch.no_grad():
+            for inputs in calibration_inputs:
+                prepared(*inputs)
+        converted = convert_pt2e(prepared)
+        example = tuple(calibration_inputs[0])
+        quantized = torch.export.export(converted, example, strict=False)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ValueError) and "XNNPACK int8 supports" in str(exc):
+            raise
+        raise ExportError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:
+        raise ExportError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
+    return QuantizedProgram(quantized, len(calibration_inputs), time.perf_counter() - start)

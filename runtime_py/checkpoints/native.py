@@ -1,0 +1,168 @@
+"""The toolkit's own checkpoint: one ``.safetensors`` file, no pickle anywhere.
+
+Layout: the tensors are ``MagicBokeh.state_dict()`` (LoRAs already merged; names ``unet.*``,
+``vae.*``, ``injector.*``). The safetensors header metadata (string -> string) carries
+
+* ``format``: ``"magicbokeh-native"`` and ``format_version``: ``"1"``,
+* ``config``: the :class:`MagicBokehConfig` as JSON (so the file alone rebuilds the model),
+* ``weights_sha256``: :func:`weights_sha256` of the tensors, checked on load (safetensors has no
+  checksum of its own, so a flipped byte would otherwise go unnoticed).
+
+One file (rather than a sidecar JSON) means a model cannot be separated from its configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..atomic import atomic_path
+from ..model import MagicBokeh
+from ..model.config import MagicBokehConfig, get_config
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, summarize_names
+from .official import _empty_model, assign_state
+
+__all__ = [
+    "NATIVE_FORMAT",
+    "NATIVE_FORMAT_VERSION",
+    "load_native",
+    "read_native_config",
+    "read_native_metadata",
+    "save_native",
+    "weights_sha256",
+]
+
+NATIVE_FORMAT = "magicbokeh-native"
+NATIVE_FORMAT_VERSION = "1"
+
+
+def weights_sha256(model_or_state: MagicBokeh | torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """Identity of a set of weights: sha256 over the persistent tensors in sorted name order.
+
+    Per tensor it hashes ``name``, dtype, shape and the raw (little-endian, C-contiguous) bytes,
+    separated so that no two different state dicts produce the same byte stream. Independent of
+    the file format, device and the order modules were registered in.
+    """
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        header = f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensor.shape)}\0"
+        digest.update(header.encode("utf-8"))
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def save_native(model: MagicBokeh, path: Path | str) -> Path:
+    """Write ``model`` as one safetensors file (atomically: a crash leaves no half-written file)."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, MagicBokeh):
+        raise TypeError(f"save_native needs a MagicBokeh model, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"native checkpoints are .safetensors files; got {path}")
+    state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    if any(t.is_meta for t in state.values()):
+        raise ValueError("the model has parameters without data (meta tensors); load weights before saving")
+    metadata = {
+        "format": NATIVE_FORMAT,
+        "format_version": NATIVE_FORMAT_VERSION,
+        "config": model.config.to_json(),
+        "weights_sha256": weights_sha256(state),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return path
+
+
+def read_native_metadata(path: Path | str) -> dict[str, str]:
+    """The header metadata of a native checkpoint (reads no tensor data)."""
+    from safetensors import safe_open
+
+    path = _existing_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - any parser failure means the file is unreadable
+        raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {type(err).__name__}: {err}") from None
+    if metadata.get("format") != NATIVE_FORMAT:
+        raise CorruptCheckpointError(
+            f"{path} is a safetensors file but not a MagicBokeh native checkpoint (metadata format is "
+            f"{metadata.get('format')!r}, expected {NATIVE_FORMAT!r}); write one with `python -m runtime_py convert`"
+        )
+    if metadata.get("format_version") != NATIVE_FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"{path} has native format version {metadata.get('format_version')!r}; this toolkit reads "
+            f"version {NATIVE_FORMAT_VERSION!r}"
+        )
+    return dict(metadata)
+
+
+def read_native_config(path: Path | str) -> MagicBokehConfig:
+    """The model configuration stored in a native checkpoint."""
+    metadata = read_native_metadata(path)
+    try:
+        return MagicBokehConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise CorruptCheckpointError(f"{path}: the stored model config cannot be read: {err}") from None
+
+
+def load_native(
+    path: Path | str, *, config: MagicBokehConfig | str | None = None, verify: bool = True
+) -> MagicBokeh:
+    """Rebuild the model saved by :func:`save_native`.
+
+    ``config``, if given, must match the stored one (a guard for callers that expect a given
+    size). ``verify`` re-hashes the tensors against the stored ``weights_sha256``.
+    """
+    from safetensors.torch import load_file
+
+    path = _existing_file(path)
+    metadata = read_native_metadata(path)
+    stored = read_native_config(path)
+    if config is not None and get_config(config) != stored:
+        wanted = get_config(config)
+        raise CheckpointMismatchError(
+            f"{path} holds a {stored.name!r} model, but config {wanted.name!r} was requested"
+            + ("" if wanted.name != stored.name else " (same name, different fields)")
+        )
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise CorruptCheckpointError(f"{path} cannot be read (truncated?): {type(err).__name__}: {err}") from None
+    if verify and weights_sha256(tensors) != metadata.get("weights_sha256"):
+        raise CorruptCheckpointError(
+            f"{path}: the tensors do not match the stored weights_sha256 (the file was modified or damaged)"
+        )
+    model = _empty_model(stored)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{path} does not fit the stored {stored.name!r} config: missing {summarize_names(missing) or 'none'}; "
+            f"unexpected {summarize_names(unexpected) or 'none'}"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointMismatchError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, the stored config expects {tuple(expected[name].shape)}"
+            )
+        if tensor.dtype != expected[name].dtype:
+            tensors[name] = tensor.to(expected[name].dtype)
+    return assign_state(model, tensors, str(path))
+
+
+def _existing_file(path: Path | str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint {path} is not a file")
+    return path

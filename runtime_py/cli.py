@@ -1,0 +1,65 @@
+"""``python -m runtime_py COMMAND ...``: one small argparse dispatcher for the toolkit's commands.
+
+A command is one function ``add_<name>_parser(subparsers)`` that adds its sub-parser and sets
+``handler=<function(args) -> int>`` as a default. To add a command, append its
+``"module:function"`` to :data:`SUBCOMMANDS`; modules are imported only when the parser is built,
+and handlers should import heavy dependencies lazily so that ``--help`` stays fast.
+
+Errors a user can fix (bad inputs, unavailable backends, missing files) are printed as one
+``error: ...`` line with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+from typing import Callable, Sequence
+
+from .backends.base import BackendUnavailableError
+from .images import InputError
+from .tiling import TilingError
+
+#: ``"module:function"`` of every command's ``add_<name>_parser``, in the order shown by --help.
+SUBCOMMANDS: list[str] = [
+    "runtime_py.render_cli:add_render_parser",
+]
+
+
+class CLIError(Exception):
+    """A command-line usage problem the user can fix; printed without a traceback."""
+
+
+#: Exceptions printed as ``error: <message>`` instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, InputError, TilingError, BackendUnavailableError)
+
+
+def _load_builder(spec: str) -> Callable[[argparse._SubParsersAction], None]:
+    module_name, _, function_name = spec.partition(":")
+    return getattr(import_module(module_name), function_name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime_py",
+        description="MagicBokeh mobile toolkit: render, convert and compare bokeh models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for spec in SUBCOMMANDS:
+        _load_builder(spec)(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (``sys.argv[1:]`` when None), run the command, return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:  # a command that forgot set_defaults(handler=...)
+        parser.error(f"command {args.command!r} has no handler")
+    try:
+        return int(handler(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: set up .venv if needed, then run the test suite (slow full-scale checks are
+# skipped unless --run-slow is passed). Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/setup_env.sh"
+cd "$root"
+set +e
+"$root/.venv/bin/python" -m pytest -p no:cacheprovider "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit "$code"
