@@ -29,6 +29,7 @@ from ..model.depth import (
     get_depth_size,
     use_original_position_embedding,
 )
+from .errors import CheckpointError
 
 # The file may lack the DINOv2 mask token (only used in pre-training); the model's zeros then stay.
 OPTIONAL_ORIGINAL_KEYS = frozenset({"pretrained.mask_token"})
@@ -42,8 +43,12 @@ _ATTENTION_LAYOUTS = (
 _BLOCK_KEY = re.compile(r"^pretrained\.blocks\.(\d+)\.")
 
 
-class DepthCheckpointError(ValueError):
-    """A Depth Anything checkpoint cannot be read or does not fit the requested network."""
+class DepthCheckpointError(CheckpointError):
+    """A Depth Anything checkpoint cannot be read or does not fit the requested network.
+
+    A ``CheckpointError`` (hence a ``ValueError``), so callers can catch every checkpoint problem
+    of the toolkit with one clause.
+    """
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -212,7 +217,13 @@ def original_key_mapping(
     return direct, fused
 
 
+def _natural_order(key: str) -> list[Any]:
+    """Sort key that puts blocks.2 before blocks.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 def _listing(keys: list[str], limit: int = 12) -> str:
+    keys = sorted(keys, key=_natural_order)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -299,10 +310,16 @@ def load_depth_anything(
     except DepthCheckpointError as exc:
         try:
             facts = describe_state_dict(state)
-            found = next((n for n, s in DEPTH_SIZES.items() if _matches(s, facts)), None)
         except DepthCheckpointError:
-            found = None
-        note = f" (the file holds a {found!r}-size network)" if found and found != spec.name else ""
+            facts = None
+        note = ""
+        if facts is not None:
+            found = next((n for n, s in DEPTH_SIZES.items() if _matches(s, facts)), None)
+            note = (
+                f" (the file holds {'a ' + repr(found) + '-size' if found else 'an unknown-size'} network: "
+                f"hidden {facts['hidden_size']}, {facts['num_layers']} blocks, features {facts['features']}; "
+                f"{spec.name!r} needs hidden {spec.hidden_size}, {spec.num_layers} blocks, features {spec.features})"
+            )
         raise DepthCheckpointError(f"for size {spec.name!r}{note}: {exc}") from None
     converted = {k: v.detach().to(dtype=dtype).contiguous().clone() for k, v in converted.items()}
     model.load_state_dict(converted, strict=True, assign=True)

@@ -81,26 +81,48 @@ def test_preprocess_normalises_with_imagenet_stats():
     assert float(x.std(dim=(2, 3)).max()) < 1e-5
 
 
+def _bicubic_1d_matrix(n_in: int, n_out: int, step: float) -> np.ndarray:
+    """(n_out, n_in) weights of torch-style bicubic resampling (Keys kernel, a = -0.75, indices
+    clamped at the borders, half-pixel centres) sampling source ``(i + 0.5) * step - 0.5``."""
+    a = -0.75
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+        if x < 2:
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return 0.0
+
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * step - 0.5
+        base = math.floor(src)
+        for tap in range(base - 1, base + 3):
+            weights[i, min(max(tap, 0), n_in - 1)] += kernel(src - tap)
+    return weights
+
+
 def test_position_embedding_resize_uses_original_offset():
-    # A position embedding that is linear in (row, col): bicubic (Keys, a = -0.75) reproduces linear
-    # functions exactly away from the borders, so interior values reveal the sampling positions.
-    # Original DINOv2 samples source coordinate (i + 0.5) * 37 / (n + 0.1) - 0.5 for output i.
-    grid = 37
-    rows, cols = np.mgrid[0:grid, 0:grid].astype(np.float32)
-    patch = torch.from_numpy(np.stack([rows, cols], axis=-1).reshape(1, grid * grid, 2))
-    embedding = torch.cat([torch.full((1, 1, 2), 7.0), patch], dim=1)
+    # Original DINOv2 resizes the 37 x 37 grid with scale_factor (n + 0.1) / 37, i.e. it samples
+    # source (i + 0.5) * 37 / (n + 0.1) - 0.5: checked against an independent numpy bicubic.
+    grid, dim, out_rows, out_cols = 37, 3, 5, 8
+    embedding = torch.randn(1, 1 + grid * grid, dim, generator=torch.Generator().manual_seed(0))
     assert original_position_embedding(embedding, grid, grid) is embedding  # no resize on 37 x 37
-    out_rows, out_cols = 20, 30
     out = original_position_embedding(embedding, out_rows, out_cols)
-    assert out.shape == (1, 1 + out_rows * out_cols, 2)
-    assert torch.equal(out[0, 0], torch.tensor([7.0, 7.0]))
-    resized = out[0, 1:].reshape(out_rows, out_cols, 2)
-    i = torch.arange(3, out_rows - 3, dtype=torch.float64)
-    expected_rows = (i + 0.5) * grid / (out_rows + 0.1) - 0.5
-    torch.testing.assert_close(resized[3:-3, 5, 0].double(), expected_rows, atol=1e-4, rtol=0)
-    # transformers' size-based resize would sample (i + 0.5) * 37 / 20 - 0.5: measurably different.
-    size_based = (i + 0.5) * grid / out_rows - 0.5
-    assert float((size_based - expected_rows).abs().max()) > 0.05
+    assert out.shape == (1, 1 + out_rows * out_cols, dim)
+    assert torch.equal(out[0, 0], embedding[0, 0])  # the class token's embedding is kept
+    patch = embedding[0, 1:].reshape(grid, grid, dim).double().numpy()
+    rows = _bicubic_1d_matrix(grid, out_rows, grid / (out_rows + 0.1))
+    cols = _bicubic_1d_matrix(grid, out_cols, grid / (out_cols + 0.1))
+    expected = np.einsum("ri,ijd,cj->rcd", rows, patch, cols).reshape(out_rows * out_cols, dim)
+    # float32 resampling of O(1) values summed over 16 taps: 1e-5 is ample.
+    np.testing.assert_allclose(out[0, 1:].double().numpy(), expected, atol=1e-5)
+    # transformers' own size-based resize samples (i + 0.5) * 37 / n - 0.5: measurably different.
+    rows_by_size = _bicubic_1d_matrix(grid, out_rows, grid / out_rows)
+    cols_by_size = _bicubic_1d_matrix(grid, out_cols, grid / out_cols)
+    by_size = np.einsum("ri,ijd,cj->rcd", rows_by_size, patch, cols_by_size).reshape(out_rows * out_cols, dim)
+    assert np.abs(by_size - expected).max() > 1e-2
 
 
 # ----------------------------------------------------------------------------- reference inference
@@ -277,8 +299,8 @@ def test_wrong_size_checkpoint_is_refused(original_state):
         load_depth_anything(original_state, size="vits")
     message = str(info.value)
     assert "'vits'" in message and "'test'-size" in message
-    assert "wrong shape" in message and "pretrained.cls_token" in message
-    assert "pretrained.blocks.11.norm1.weight" in message  # blocks 4..11 of ViT-S are missing
+    assert "hidden 32, 4 blocks" in message and "hidden 384, 12 blocks" in message
+    assert "wrong shape" in message and "lacks: pretrained.blocks.4." in message  # ViT-S blocks 4..11
 
 
 def test_missing_and_unconsumed_keys_are_named(original_state):
