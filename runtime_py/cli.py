@@ -23,6 +23,7 @@ from .tiling import TilingError
 #: ``"module:function"`` of every command's ``add_<name>_parser``, in the order shown by --help.
 SUBCOMMANDS: list[str] = [
     "runtime_py.render_cli:add_render_parser",
+    "runtime_py.checkpoints.cli:add_convert_parser",
 ]
 
 

@@ -178,7 +178,7 @@ class LoadedModel:
 
 
 def _torch_model(args: argparse.Namespace):
-    if args.lora is not None and args.sd21 is None or args.sd21 is not None and args.lora is None:
+    if (args.sd21 is None) != (args.lora is None):
         raise CLIError("--sd21 and --lora go together (the base model folder and the MagicBokeh lora.pkl)")
     if args.checkpoint is not None and args.sd21 is not None:
         raise CLIError("give --checkpoint or --sd21/--lora, not both")
