@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -58,8 +59,12 @@ def weights_sha256(model_or_state: MagicBokeh | torch.nn.Module | Mapping[str, t
     return digest.hexdigest()
 
 
-def save_native(model: MagicBokeh, path: Path | str) -> Path:
-    """Write ``model`` as one safetensors file (atomically: a crash leaves no half-written file)."""
+def save_native(model: MagicBokeh, path: Path | str, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as one safetensors file (atomically: a crash leaves no half-written file).
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point tensors in that type to halve a
+    shipped file; :func:`load_native` casts them back to the model's dtype.
+    """
     from safetensors.torch import save_file
 
     if not isinstance(model, MagicBokeh):
@@ -67,9 +72,12 @@ def save_native(model: MagicBokeh, path: Path | str) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"native checkpoints are .safetensors files; got {path}")
-    state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    state = model.state_dict()
     if any(t.is_meta for t in state.values()):
         raise ValueError("the model has parameters without data (meta tensors); load weights before saving")
+    state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    if dtype is not None:
+        state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     metadata = {
         "format": NATIVE_FORMAT,
         "format_version": NATIVE_FORMAT_VERSION,
@@ -78,6 +86,9 @@ def save_native(model: MagicBokeh, path: Path | str) -> Path:
     }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # an ordinary file's permissions, not the temp folder's private ones
     return path
 
 
@@ -118,20 +129,24 @@ def load_native(
 ) -> MagicBokeh:
     """Rebuild the model saved by :func:`save_native`.
 
-    ``config``, if given, must match the stored one (a guard for callers that expect a given
-    size). ``verify`` re-hashes the tensors against the stored ``weights_sha256``.
+    ``config``, if given, guards against loading the wrong size: a name must equal the stored
+    config's name (the stored config wins for details such as a checkpoint's focus-LoRA rank), a
+    :class:`MagicBokehConfig` must equal it. ``verify`` re-hashes the tensors against the stored
+    ``weights_sha256``.
     """
     from safetensors.torch import load_file
 
     path = _existing_file(path)
     metadata = read_native_metadata(path)
     stored = read_native_config(path)
-    if config is not None and get_config(config) != stored:
+    if config is not None:
         wanted = get_config(config)
-        raise CheckpointMismatchError(
-            f"{path} holds a {stored.name!r} model, but config {wanted.name!r} was requested"
-            + ("" if wanted.name != stored.name else " (same name, different fields)")
-        )
+        # A name guards the size; a full config object must match field for field.
+        if wanted.name != stored.name or (isinstance(config, MagicBokehConfig) and wanted != stored):
+            raise CheckpointMismatchError(
+                f"{path} holds a {stored.name!r} model, but config {wanted.name!r} was requested"
+                + ("" if wanted.name != stored.name else " (same name, different fields)")
+            )
     try:
         tensors = load_file(str(path))
     except Exception as err:  # noqa: BLE001

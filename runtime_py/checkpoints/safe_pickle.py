@@ -29,6 +29,7 @@ import collections
 import io
 import os
 import pickle
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -329,14 +330,12 @@ def safe_torch_load(path: Path | str) -> Any:
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} is not a file")
-    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() not in ("", "0", "false", "no"):
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0") in ("1", "y", "yes", "true"):  # torch's own test
         raise CorruptCheckpointError(
             f"cannot read {path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, which stops torch from using the safe "
             "unpickler that reads the pickled module; unset it (loading stays safe: nothing in the file is executed)"
         )
-    import sys
-
-    module = sys.modules[__name__]
+    module = sys.modules[__name__]  # torch.load wants a module with Unpickler and load
     try:
         with warnings.catch_warnings():
             # Legacy (non-zip) files make torch compare the source of pickled nn.Module classes;
