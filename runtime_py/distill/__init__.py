@@ -10,7 +10,7 @@
 """
 
 from .cost import DEFAULT_STUDENTS, ModelCost, StudentSpec, cost_report, model_cost, write_cost_report
-from .data import SceneTiles, SyntheticTiles, TileBatch, TileSource
+from .data import SceneTiles, SyntheticTiles, TileBatch, TileSource, scene_generator_from_runtime
 from .losses import LossWeights
 from .sampling import sample_latent, sampling_timesteps
 from .students import (
@@ -22,7 +22,7 @@ from .students import (
     save_student,
     student_configs,
 )
-from .teachers import ModelTeacher, RendererTeacher, Teacher, TeacherOutput, load_model_teacher
+from .teachers import ModelTeacher, RendererTeacher, Teacher, TeacherOutput, load_model_teacher, renderer_teacher
 from .trainer import DistillConfig, DistillResult, DistillTrainer
 
 __all__ = [
@@ -51,7 +51,9 @@ __all__ = [
     "model_cost",
     "sample_latent",
     "sampling_timesteps",
+    "renderer_teacher",
     "save_student",
+    "scene_generator_from_runtime",
     "student_configs",
     "write_cost_report",
 ]

@@ -186,8 +186,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         p = [m[c]["params"] / 1e6 for c in ("encoder", "denoiser", "decoder")]
         f = [m[c]["flops"] / 1e9 for c in ("encoder", "denoiser", "decoder")]
         lines.append(
-            f"| {m['name']} | {m['role']} | {m['denoiser_steps']} | {p[0]:.2f} / {p[1]:.2f} / {p[2]:.2f} | "
-            f"{m['params'] / 1e6:.2f} | {f[0]:.1f} / {f[1]:.1f} / {f[2]:.1f} | {m['flops_per_tile'] / 1e9:.1f} | "
+            f"| {m['name']} | {m['role']} | {m['denoiser_steps']} | {p[0]:.4g} / {p[1]:.4g} / {p[2]:.4g} | "
+            f"{m['params'] / 1e6:.4g} | {f[0]:.4g} / {f[1]:.4g} / {f[2]:.4g} | {m['flops_per_tile'] / 1e9:.4g} | "
             f"{m['params_vs_teacher']:.3f} | {m['flops_vs_teacher']:.4f} |"
         )
     return "\n".join(lines) + "\n"

@@ -88,9 +88,14 @@ def smooth_noise(
 class SyntheticTiles(TileSource):
     """Smooth-noise RGB tiles with a smooth depth map, a random focus depth and aperture K."""
 
-    def __init__(self, config: MagicBokehConfig, seed: int = 0, max_aperture: int = 32):
+    def __init__(self, config: MagicBokehConfig, seed: int = 0, max_aperture: int = 32, period: int | None = None):
+        """``period``: repeat the same ``period`` batches (a fixed pool, e.g. to compare losses on
+        identical batches early and late in a short run); None: every index is a new batch."""
         if not 1 <= max_aperture <= 32:
             raise ValueError(f"max_aperture must be in 1..32, got {max_aperture}")
+        if period is not None and period < 1:
+            raise ValueError(f"period must be >= 1 or None, got {period}")
+        self.period = period
         self.config = config
         self.tile = config.tile
         self.seed = int(seed)
@@ -99,6 +104,8 @@ class SyntheticTiles(TileSource):
     def batch(self, index: int, batch_size: int) -> TileBatch:
         if index < 0 or batch_size < 1:
             raise ValueError(f"need index >= 0 and batch_size >= 1, got {index}, {batch_size}")
+        if self.period is not None:
+            index %= self.period
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         t = self.tile
         rgb = smooth_noise((batch_size, 3), t, g) * 2.0 - 1.0
@@ -166,7 +173,7 @@ class SceneTiles(TileSource):
             d = self._image(depth, 1, "depth")
             rows["depth"].append(d)
             focus = self._field(scene, "focus", "focus_value")
-            aperture = self._field(scene, "aperture", "K")
+            aperture = self._field(scene, "aperture", "aperture_k", "K")
             defocus = self._field(scene, "defocus")
             if defocus is not None:
                 rows["defocus"].append(self._image(defocus, 1, "defocus"))
@@ -197,14 +204,12 @@ class SceneTiles(TileSource):
                          clean=stack("clean"), depth=stack("depth"), focus=stack("focus"), aperture=stack("aperture"))
 
 
-def scene_generator_from_runtime(config: MagicBokehConfig) -> Callable[[int], Any]:
-    """``seed -> scene`` from ``runtime_py.scenes``; a clear error when that module is not installed."""
-    try:
-        from .. import scenes  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError(f"scene data needs runtime_py.scenes, which is not available: {exc}") from None
-    for name in ("generate_scene", "make_scene", "scene"):
-        fn = getattr(scenes, name, None)
-        if callable(fn):
-            return lambda seed: fn(seed=seed, size=config.tile)
-    raise RuntimeError("runtime_py.scenes has no generate_scene/make_scene function to draw scenes from")
+def scene_generator_from_runtime(config: MagicBokehConfig, family: str = "dead_leaves") -> Callable[[int], Any]:
+    """``seed -> scene`` from ``runtime_py.scenes.generate_scene`` at the tile size.
+
+    Each scene carries the physically based renderer's output as ``teacher``, so
+    ``RendererTeacher()`` (no render function) teaches from it without rendering again.
+    """
+    from ..scenes import generate_scene
+
+    return lambda seed: generate_scene(seed, size=config.tile, family=family)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..model import MagicBokeh, MagicBokehConfig
+from ..model import MagicBokehConfig
 from .data import TileBatch
 from .sampling import RENOISE_MODES, draw_noises, sample_latent
 
@@ -102,44 +102,70 @@ class RendererTeacher(Teacher):
         return TeacherOutput(rgb=rgb)
 
 
+def render_with_physical_renderer(batch: TileBatch) -> torch.Tensor:
+    """The physically based renderer (``runtime_py.bokeh_renderer``) on each tile of a batch.
+
+    Renders the batch's ``clean`` image with its exact ``depth``, ``focus`` and ``aperture``; the
+    output is in [-1, 1] like the model's.
+    """
+    from ..bokeh_renderer import render_bokeh
+
+    missing = [n for n in ("clean", "depth", "focus", "aperture") if getattr(batch, n) is None]
+    if missing:
+        raise ValueError(f"the physically based renderer needs the batch fields {missing}")
+    outs = []
+    for i in range(batch.size):
+        image = batch.clean[i].permute(1, 2, 0).cpu().numpy()
+        depth = batch.depth[i, 0].cpu().numpy()
+        rendered = render_bokeh(image, depth, float(batch.focus[i]), float(batch.aperture[i]))
+        outs.append(torch.from_numpy(rendered).permute(2, 0, 1))
+    return (torch.stack(outs) * 2.0 - 1.0).to(batch.rgb.device, batch.rgb.dtype)
+
+
+def renderer_teacher(precomputed: bool = False) -> RendererTeacher:
+    """The physically based bokeh renderer as a teacher.
+
+    ``precomputed``: use the renders the scene generator stored with each scene (``batch.target``)
+    instead of rendering again.
+    """
+    if precomputed:
+        return RendererTeacher(None, name="bokeh-renderer(scenes)")
+    return RendererTeacher(render_with_physical_renderer, name="bokeh-renderer")
+
+
 def load_model_teacher(
-    checkpoint: Path | str | None,
+    checkpoint: Path | str | None = None,
     config: MagicBokehConfig | str = "tiny",
     num_steps: int = 1,
     seed: int = 0,
     renoise: str = "ddim",
+    sd21: Path | str | None = None,
+    lora: Path | str | None = None,
 ) -> ModelTeacher:
-    """A MagicBokeh teacher from a checkpoint, or seeded random weights when ``checkpoint`` is None.
+    """A MagicBokeh teacher from the user's weights, or seeded random weights when none are given.
 
-    Accepted checkpoints: a folder written by ``save_student``; anything
-    ``runtime_py.checkpoints.load_native`` reads (when that loader is installed); a bare
-    ``.safetensors`` state dict of ``MagicBokeh(config)``.
+    Sources: ``sd21`` + ``lora`` (the published weights, via ``runtime_py.checkpoints.load_model``),
+    ``checkpoint`` = a native ``.safetensors`` file or a folder written by ``save_student`` (a
+    trained student can teach the next one, e.g. progressive distillation). Random weights exist
+    for trials and tests of the machinery only.
     """
     from ..model import build_model
 
-    if checkpoint is None:
+    if checkpoint is None and sd21 is None and lora is None:
         return ModelTeacher(build_model(config, seed=seed), num_steps, renoise)
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
-    from .students import STUDENT_CONFIG, load_student
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+        from .students import STUDENT_CONFIG, load_student
 
-    if path.is_dir() and (path / STUDENT_CONFIG).is_file():
-        return ModelTeacher(load_student(path), num_steps, renoise)
-    try:
-        from ..checkpoints import load_native  # type: ignore[attr-defined]
-    except ImportError:
-        load_native = None
-    if load_native is not None and not (path.is_file() and path.suffix == ".safetensors"):
-        return ModelTeacher(load_native(path), num_steps, renoise)
-    if path.is_file() and path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        if path.is_dir():
+            if not (path / STUDENT_CONFIG).is_file():
+                raise ValueError(f"teacher folder {path} has no {STUDENT_CONFIG}: not a saved student")
+            if sd21 is not None or lora is not None:
+                raise ValueError("give either a teacher checkpoint or sd21 + lora, not both")
+            return ModelTeacher(load_student(path), num_steps, renoise)
+    from ..checkpoints import load_model
 
-        model = MagicBokeh(config)
-        missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} is not a MagicBokeh {model.config.name!r} state dict: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        return ModelTeacher(model.eval(), num_steps, renoise)
-    raise ValueError(f"cannot read teacher checkpoint {path}: expected a student folder, a native checkpoint, "
-                     "or a .safetensors state dict")
+    model = load_model(sd21=sd21, lora=lora, checkpoint=checkpoint, config=config if sd21 is not None else None)
+    return ModelTeacher(model.eval(), num_steps, renoise)

@@ -16,6 +16,7 @@ resumed automatically; losses go to ``log.jsonl``; tqdm shows progress on the ma
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -48,6 +49,8 @@ class DistillConfig:
     max_steps: int = 200
     batch_size: int = 2
     learning_rate: float = 1e-4
+    warmup_steps: int = 0  # linear learning-rate warm-up: Adam's first sign-like steps jolt a copied teacher
+    freeze_vae: bool = False  # step distillation: the VAE is the teacher's, only the denoiser learns
     student_steps: int = 1
     renoise: str = "ddim"  # the student's re-noising between its k steps ("ddim" or "random")
     save_every: int = 50
@@ -67,6 +70,7 @@ class DistillConfig:
             "max_steps": self.max_steps >= 1,
             "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
+            "warmup_steps": self.warmup_steps >= 0,
             "student_steps": isinstance(self.student_steps, int) and self.student_steps >= 1,
             "save_every": self.save_every >= 1,
             "eval_every": self.eval_every >= 0,
@@ -176,6 +180,7 @@ def _run_identity(teacher: Teacher, student: nn.Module, config: DistillConfig) -
         "seed": config.seed,
         "weights": config.weights.to_dict(),
         "use_feature_taps": config.use_feature_taps,
+        "freeze_vae": config.freeze_vae,
     }
 
 
@@ -202,7 +207,9 @@ class DistillTrainer:
         self.eval_source = eval_source
         self.config = config
         self.output_dir = Path(config.output_dir)
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        # accelerate runs several CPU processes (gloo) only when told cpu=True; with CUDA it picks NCCL itself.
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=multi_cpu)
         self.device = self.accelerator.device
         self.teacher.to(self.device)
         self.counter = _StepCounter()
@@ -213,12 +220,18 @@ class DistillTrainer:
         if config.use_feature_taps and config.weights.feature > 0 and teacher.model is not None:
             tap_names, adapters = self._probe_features(student)
         student.train().to(self.device)
+        if config.freeze_vae:
+            student.vae.requires_grad_(False)
         self.step_module = StudentStep(student, adapters.to(self.device), config.weights, config.student_steps, tap_names,
                                        config.renoise)
         self.teacher_taps = FeatureTaps(teacher.model, tap_names) if tap_names else None
         optimizer = torch.optim.AdamW([p for p in self.step_module.parameters() if p.requires_grad],
                                       lr=config.learning_rate, weight_decay=0.0)
-        self.step_module, self.optimizer = self.accelerator.prepare(self.step_module, optimizer)
+        warmup = config.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+        self.step_module, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.step_module, optimizer, scheduler)
         self.accelerator.register_for_checkpointing(self.counter)
         self._eval_targets: list[tuple[TileBatch, TeacherOutput]] | None = None
 
@@ -370,6 +383,13 @@ class DistillTrainer:
         acc.wait_for_everyone()
         log: list[dict[str, Any]] = []
         existing = self.checkpoints()
+        if existing and not resume:
+            # Starting over: older checkpoints must not be mistaken for this run's by a later resume.
+            if acc.is_main_process:
+                for path in existing:
+                    shutil.rmtree(path, ignore_errors=True)
+            acc.wait_for_everyone()
+            existing = []
         if resume and existing:
             self._check_run_identity()
             self.load_checkpoint(existing[-1])
@@ -447,4 +467,7 @@ class DistillTrainer:
         if cfg.grad_clip > 0:
             acc.clip_grad_norm_(self.step_module.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        return {name: float(value.detach()) for name, value in parts.items()}
+        self.scheduler.step()
+        record = {name: float(value.detach()) for name, value in parts.items()}
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        return record
