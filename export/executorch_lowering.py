@@ -26,7 +26,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from export.prepare import ExportError, PreparedComponent, export_component, focus_implementation_for, prepare_component
+from export.prepare import (
+    ExportError,
+    PreparedComponent,
+    export_component,
+    focus_implementation_for,
+    prepare_component,
+    rewrites_for,
+)
 from runtime_py.atomic import atomic_path
 from runtime_py.backends.base import BackendUnavailableError
 from runtime_py.components import Component
@@ -171,6 +178,7 @@ class LoweredComponent:
     seconds: dict[str, float]
     delegation: dict[str, int] = field(default_factory=dict)
     calibration_batches: int = 0
+    rewrites: tuple[str, ...] = ()
 
 
 def lower_component(
@@ -179,26 +187,28 @@ def lower_component(
     *,
     calibration_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
     focus: str | None = None,
+    rewrites: Sequence[str] | None = None,
 ) -> LoweredComponent:
     """Export, (quantize,) and lower one component; times each stage."""
     recipe = get_lowering_recipe(recipe) if isinstance(recipe, str) else recipe
     if recipe.delegate == "qnn":
         check_qnn_sdk()
-    prepare_component(component)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    program = export_component(component, target=recipe.target, focus=focus)
-    seconds["export"] = time.perf_counter() - start
-    batches = 0
     if recipe.quantized:
-        from quantize.xnnpack import quantize_program
-
         if recipe.delegate != "xnnpack":
             raise ValueError(f"recipe {recipe.name}: int8 is implemented for XNNPACK only")
         if not calibration_inputs:
             raise ValueError(
                 f"recipe {recipe.name}: component {component.name!r} needs calibration inputs (real tiles); got none"
             )
+    prepare_component(component)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    program = export_component(component, target=recipe.target, focus=focus, rewrites=rewrites)
+    seconds["export"] = time.perf_counter() - start
+    batches = 0
+    if recipe.quantized:
+        from quantize.xnnpack import quantize_program
+
         quantized = quantize_program(program, calibration_inputs, name=component.name)
         program, batches = quantized.program, quantized.calibration_batches
         seconds["quantize"] = quantized.seconds
@@ -206,7 +216,8 @@ def lower_component(
     pte, delegation = lower_program(program, recipe, component.name)
     seconds["lower"] = time.perf_counter() - start
     impl = focus_implementation_for(recipe.target, focus) if component.name == "denoiser" else None
-    return LoweredComponent(component.name, pte, recipe, impl, seconds, delegation, batches)
+    return LoweredComponent(component.name, pte, recipe, impl, seconds, delegation, batches,
+                            rewrites_for(recipe.target, rewrites))
 
 
 # -- a whole export -------------------------------------------------------------------------------
@@ -256,6 +267,7 @@ def export_executorch(
     focus: str | None = None,
     extra: Mapping[str, Any] | None = None,
     progress: bool = False,
+    rewrites: Sequence[str] | None = None,
 ) -> ExportReport:
     """Lower the named components into ``out_dir`` (replaced atomically) with a manifest.
 
@@ -280,7 +292,7 @@ def export_executorch(
             t0 = time.perf_counter()
             low = lower_component(
                 components[name], recipe,
-                calibration_inputs=(calibration or {}).get(name), focus=focus,
+                calibration_inputs=(calibration or {}).get(name), focus=focus, rewrites=rewrites,
             )
             file = f"{name}.pte"
             (tmp / file).write_bytes(low.pte)
@@ -293,6 +305,7 @@ def export_executorch(
                 seconds={k: round(v, 3) for k, v in low.seconds.items()},
                 delegation=low.delegation,
                 calibration_batches=low.calibration_batches,
+                rewrites=list(low.rewrites),
             )
             if progress:
                 print(f"  {name}: {len(low.pte) / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -18,11 +18,13 @@ and runs one attention faster than two, so it gets ``"bias"``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from runtime_py.components import Component
@@ -37,6 +39,17 @@ DEFAULT_FOCUS_IMPLEMENTATION: dict[str, str] = {
     "onnx": "split",
     "torch": "bias",
 }
+
+
+#: Export-time rewrites per target (see :func:`export_rewrites`): XNNPACK has no group/layer-norm or
+#: fused attention kernel, so those ops would fall back to ExecuTorch's portable CPU kernels and cut
+#: the graph into dozens of small delegated pieces (slow on the phone and slow to lower). Core ML and
+#: QNN have native kernels for all three and get the ops untouched.
+DEFAULT_REWRITES: dict[str, tuple[str, ...]] = {
+    "xnnpack": ("group_norm", "layer_norm", "attention"),
+    "xnnpack-int8": ("attention",),  # norms stay whole: unannotated, they run in fp32 between int8 ops
+}
+REWRITES = ("group_norm", "layer_norm", "attention")
 
 
 class ExportError(RuntimeError):
@@ -95,6 +108,102 @@ def focus_implementation(component: nn.Module, implementation: str | None) -> It
             proc.implementation = previous[name]
 
 
+# -- export-time rewrites ---------------------------------------------------------------------------
+#
+# Each one is the same arithmetic as the torch op it replaces, written with ops the target's
+# delegate has: means over the two innermost axes of a 4-D view (XNNPACK's global average pooling),
+# rsqrt, mul/add with broadcasting, batched matmul and a last-axis softmax. They are applied only
+# while torch.export traces (the reference model is untouched) and parity is measured on the result.
+
+
+def _group_norm_4d(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    batch, channels = x.shape[0], x.shape[1]
+    grouped = x.reshape(batch, num_groups, channels // num_groups, -1)
+    mean = grouped.mean(dim=(2, 3), keepdim=True)
+    centred = grouped - mean
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    y = (centred * torch.rsqrt(var + eps)).reshape(x.shape)
+    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    if bias is not None:
+        y = y + bias.reshape(affine_shape)
+    return y
+
+
+def _layer_norm_4d(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    inner = 1
+    for size in normalized_shape:
+        inner *= int(size)
+    rows = x.reshape(1, -1, inner, 1)
+    mean = rows.mean(dim=(2, 3), keepdim=True)
+    centred = rows - mean
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    y = (centred * torch.rsqrt(var + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _attention_bmm(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                   enable_gqa: bool = False) -> torch.Tensor:
+    if dropout_p != 0.0 or is_causal or enable_gqa or query.ndim != 4:
+        raise ExportError("the attention rewrite handles 4-D, non-causal attention without dropout only")
+    batch, heads, tokens, dim = query.shape
+    keys = key.shape[2]
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    q = (query * scale).reshape(batch * heads, tokens, dim)
+    k = key.reshape(batch * heads, keys, dim).transpose(1, 2)
+    scores = torch.bmm(q, k)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            raise ExportError("the attention rewrite takes additive float masks only")
+        scores = (scores.reshape(batch, heads, tokens, keys) + attn_mask).reshape(batch * heads, tokens, keys)
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.bmm(probs, value.reshape(batch * heads, keys, value.shape[-1]))
+    return out.reshape(batch, heads, tokens, value.shape[-1])
+
+
+_REWRITE_FUNCTIONS = {
+    "group_norm": ("group_norm", _group_norm_4d),
+    "layer_norm": ("layer_norm", _layer_norm_4d),
+    "attention": ("scaled_dot_product_attention", _attention_bmm),
+}
+
+
+def rewrites_for(target: str, override: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The export-time rewrites a target gets (``override`` wins; () turns them off)."""
+    chosen = tuple(override) if override is not None else DEFAULT_REWRITES.get(target, ())
+    unknown = [r for r in chosen if r not in REWRITES]
+    if unknown:
+        raise ValueError(f"unknown export rewrites {unknown}; known: {list(REWRITES)}")
+    return chosen
+
+
+@contextlib.contextmanager
+def export_rewrites(names: Sequence[str]) -> Iterator[None]:
+    """Temporarily route ``torch.nn.functional`` ops through their delegate-friendly forms.
+
+    ``nn.GroupNorm``/``nn.LayerNorm`` and diffusers' attention processors look these functions
+    up on ``torch.nn.functional`` at call time, so the trace records the rewritten arithmetic.
+    """
+    saved = {}
+    try:
+        for name in names:
+            attr, fn = _REWRITE_FUNCTIONS[name]
+            saved[attr] = getattr(F, attr)
+            setattr(F, attr, fn)
+        yield
+    finally:
+        for attr, fn in saved.items():
+            setattr(F, attr, fn)
+
+
 def prepare_component(component: Component) -> Component:
     """Eval mode and no gradients: dropout off, no autograd state in the exported graph."""
     if not isinstance(component, nn.Module):
@@ -143,13 +252,15 @@ def export_component(
     *,
     target: str = "xnnpack",
     focus: str | None = None,
+    rewrites: Sequence[str] | None = None,
 ) -> torch.export.ExportedProgram:
     """``torch.export.export`` one component for ``target``, with an error that names it on failure."""
     prepare_component(component)
     inputs = static_example_inputs(component) if example_inputs is None else check_inputs(component, example_inputs)
     impl = focus_implementation_for(target, focus)
+    chosen = rewrites_for(target, rewrites)
     try:
-        with focus_implementation(component, impl), torch.no_grad():
+        with focus_implementation(component, impl), export_rewrites(chosen), torch.no_grad():
             return torch.export.export(component, inputs, strict=False)
     except Exception as exc:  # torch.export raises many types; all become one clear message
         raise ExportError(
@@ -178,6 +289,7 @@ def prepare_for_export(
     target: str,
     focus: str | None = None,
     names: Sequence[str] | None = None,
+    rewrites: Sequence[str] | None = None,
 ) -> dict[str, PreparedComponent]:
     """Export the named components (all when None) for ``target``; fail fast on the first that cannot."""
     names = list(components) if names is None else list(names)
@@ -189,7 +301,7 @@ def prepare_for_export(
         component = components[name]
         start = time.perf_counter()
         inputs = static_example_inputs(prepare_component(component))
-        program = export_component(component, inputs, target=target, focus=focus)
+        program = export_component(component, inputs, target=target, focus=focus, rewrites=rewrites)
         has_focus = _focus_owner(component) is not None and name == "denoiser"
         prepared[name] = PreparedComponent(
             name=name,
@@ -199,6 +311,7 @@ def prepare_for_export(
             target=target,
             focus_implementation=focus_implementation_for(target, focus) if has_focus else None,
             export_seconds=time.perf_counter() - start,
+            notes={"rewrites": list(rewrites_for(target, rewrites))},
         )
     return prepared
 

@@ -21,7 +21,7 @@ class CalibrationSpec:
     max_tiles_per_image: int | None = 4
     seed: int = 1234
     images_dir: str | None = None
-    K: int = 24
+    K: int | None = None  # None: each scene's own aperture (varied), images folder: 24
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

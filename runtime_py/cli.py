@@ -24,6 +24,7 @@ from .tiling import TilingError
 SUBCOMMANDS: list[str] = [
     "runtime_py.render_cli:add_render_parser",
     "runtime_py.checkpoints.cli:add_convert_parser",
+    "runtime_py.parity_cli:add_parity_parser",
 ]
 
 

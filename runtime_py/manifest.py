@@ -130,7 +130,7 @@ class Manifest:
     components: dict[str, ComponentEntry]
     precision: str
     recipe: dict[str, Any] = field(default_factory=dict)
-    model_label: str = ""
+    model_label: dict[str, Any] | str = ""
     tools: dict[str, str] = field(default_factory=tool_versions)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)

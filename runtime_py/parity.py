@@ -81,3 +81,353 @@ def _pair(reference: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def compare(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
     """PSNR and max-abs of one tensor pair (the per-component figures)."""
     return {"psnr_db": psnr(reference, test), "max_abs": max_abs(reference, test)}
+
+
+# =====================================================================================================
+# The parity runner: any two backends' component callables, on real inputs.
+# =====================================================================================================
+#
+# Per component, the tested backend is fed the REFERENCE inputs of its stage (the reference's own
+# encoder output for the denoiser, and so on), so each figure isolates that component's error.
+# End to end, each backend renders the whole photo on its own, so errors compound as they would
+# in use. Figures are pooled over every tile (one RMSE, one peak), with the worst tile reported
+# beside them.
+
+import dataclasses as _dataclasses
+import time as _time
+from pathlib import Path as _Path
+from typing import Any as _Any, Callable as _Callable, Mapping as _Mapping, Sequence as _Sequence
+
+PARITY_JSON = "parity.json"
+PARITY_MD = "parity.md"
+
+
+@_dataclasses.dataclass(frozen=True)
+class ParityThresholds:
+    """Pass/fail bars; None means "report only"."""
+
+    min_psnr_component: float | None = None
+    min_psnr_end_to_end: float | None = None
+    min_ssim: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return _dataclasses.asdict(self)
+
+
+class _Pool:
+    """Accumulates one tensor pair at a time into pooled PSNR / max-abs plus the worst item."""
+
+    def __init__(self) -> None:
+        self.sum_sq = 0.0
+        self.count = 0
+        self.peak = 0.0
+        self.max_abs = 0.0
+        self.items: list[dict[str, _Any]] = []
+
+    def add(self, reference: np.ndarray, test: np.ndarray, label: str, **extra: _Any) -> dict[str, _Any]:
+        ref, tst = _pair(reference, test)
+        diff = ref - tst
+        self.sum_sq += float(np.sum(diff * diff))
+        self.count += diff.size
+        self.peak = max(self.peak, float(np.max(np.abs(ref))) if ref.size else 0.0)
+        item = {"item": label, **compare(ref, tst), **extra}
+        self.max_abs = max(self.max_abs, item["max_abs"])
+        self.items.append(item)
+        return item
+
+    def summary(self) -> dict[str, _Any]:
+        rmse = math.sqrt(self.sum_sq / self.count) if self.count else 0.0
+        if rmse == 0.0:
+            pooled = math.inf
+        elif self.peak == 0.0:
+            pooled = -math.inf
+        else:
+            pooled = 20.0 * math.log10(self.peak / rmse)
+        worst = min(self.items, key=lambda i: i["psnr_db"]) if self.items else None
+        return {
+            "psnr_db": pooled,
+            "psnr_db_worst": worst["psnr_db"] if worst else None,
+            "worst_item": worst["item"] if worst else None,
+            "max_abs": self.max_abs,
+            "rmse": rmse,
+            "count": len(self.items),
+        }
+
+
+@_dataclasses.dataclass
+class ParityResult:
+    """Everything ``parity.json`` holds; ``passed`` is False when any threshold is missed."""
+
+    components: dict[str, dict[str, _Any]]
+    end_to_end: dict[str, _Any] | None
+    thresholds: ParityThresholds
+    failures: list[str]
+    samples: list[dict[str, _Any]]
+    meta: dict[str, _Any] = _dataclasses.field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, _Any]:
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "thresholds": self.thresholds.to_dict(),
+            "components": self.components,
+            "end_to_end": self.end_to_end,
+            "samples": self.samples,
+            "meta": self.meta,
+        }
+
+
+def _check_thresholds(components: dict[str, dict[str, _Any]], e2e: dict[str, _Any] | None,
+                      thresholds: ParityThresholds) -> list[str]:
+    failures = []
+    if thresholds.min_psnr_component is not None:
+        for name, figures in components.items():
+            if not figures["psnr_db"] >= thresholds.min_psnr_component:
+                failures.append(f"component {name}: PSNR {figures['psnr_db']:.2f} dB < {thresholds.min_psnr_component} dB")
+    if e2e is not None and thresholds.min_psnr_end_to_end is not None:
+        if not e2e["psnr_db"] >= thresholds.min_psnr_end_to_end:
+            failures.append(f"end to end: PSNR {e2e['psnr_db']:.2f} dB < {thresholds.min_psnr_end_to_end} dB")
+    if e2e is not None and thresholds.min_ssim is not None:
+        if not e2e["ssim"] >= thresholds.min_ssim:
+            failures.append(f"end to end: SSIM {e2e['ssim']:.5f} < {thresholds.min_ssim}")
+    return failures
+
+
+def run_parity(
+    reference_fns: _Mapping[str, _Callable[..., np.ndarray]],
+    test_fns: _Mapping[str, _Callable[..., np.ndarray]],
+    samples: _Sequence[_Any],
+    *,
+    config: _Any,
+    components: _Sequence[str] | None = None,
+    max_tiles_per_image: int | None = None,
+    end_to_end: bool = True,
+    thresholds: ParityThresholds | None = None,
+    progress: bool = False,
+    meta: _Mapping[str, _Any] | None = None,
+) -> ParityResult:
+    """Compare ``test_fns`` with ``reference_fns`` (both: name -> numpy callable) on real samples.
+
+    ``samples`` are :class:`runtime_py.samples.RealSample` (photo, depth, focus, K). Components
+    compared are those both mappings hold (or ``components``); the tile components are compared
+    on the reference's stage inputs, ``depth`` on the host-resized photo; end to end renders each
+    sample through each backend with the whole-image pipeline and compares the final 8-bit photos
+    (PSNR with ``max|ref|`` as peak, SSIM with data range 255) and the blended output before the
+    colour fix.
+    """
+    from .model.config import get_config
+    from .pipeline import TILE_COMPONENT_NAMES, render_image
+    from .samples import depth_inputs, tile_records
+
+    config = get_config(config)
+    thresholds = thresholds or ParityThresholds()
+    if not samples:
+        raise ValueError("parity needs at least one sample (a generated scene or an image with its depth)")
+    shared = [n for n in reference_fns if n in test_fns]
+    names = list(components) if components is not None else shared
+    missing = [n for n in names if n not in reference_fns or n not in test_fns]
+    if missing:
+        raise ValueError(
+            f"components {missing} are not in both backends (reference has {sorted(reference_fns)}, "
+            f"tested has {sorted(test_fns)})"
+        )
+    if not names:
+        raise ValueError(f"the two backends share no component (reference {sorted(reference_fns)}, tested {sorted(test_fns)})")
+
+    say = print if progress else (lambda *a, **k: None)
+    timings: dict[str, float] = {}
+    pools = {name: _Pool() for name in names}
+    tile_names = [n for n in names if n in TILE_COMPONENT_NAMES]
+    if tile_names:
+        start = _time.perf_counter()
+
+        def on_tile(record: _Any) -> None:
+            label = f"{record.sample}#tile{record.box.index}"
+            for name in tile_names:
+                out = np.asarray(test_fns[name](*record.inputs(name)), dtype=np.float32)
+                pools[name].add(record.output(name), out, label,
+                                in_focus_fraction=record.extra.get("in_focus_fraction"))
+            say(f"  tile {label}: " + ", ".join(f"{n} {pools[n].items[-1]['psnr_db']:.1f} dB" for n in tile_names),
+                flush=True)
+
+        tile_records(reference_fns, samples, config, max_tiles_per_image=max_tiles_per_image, on_tile=on_tile)
+        timings["components"] = _time.perf_counter() - start
+    if "depth" in names:
+        for label, rgb in depth_inputs(samples, config.depth_input):
+            pools["depth"].add(reference_fns["depth"](rgb), test_fns["depth"](rgb), label)
+
+    component_figures = {name: pool.summary() | {"items": pool.items} for name, pool in pools.items()}
+
+    e2e: dict[str, _Any] | None = None
+    sample_rows: list[dict[str, _Any]] = []
+    can_render = all(n in reference_fns and n in test_fns for n in TILE_COMPONENT_NAMES)
+    if end_to_end and can_render:
+        start = _time.perf_counter()
+        final, raw = _Pool(), _Pool()
+        ssims, raw_ssims = [], []
+        for sample in samples:
+            kwargs = dict(config=config, K=sample.K, focus=sample.focus)
+            ref = render_image(sample.image_u8, sample.depth, components=reference_fns, **kwargs)
+            tst = render_image(sample.image_u8, sample.depth, components=test_fns, **kwargs)
+            s = ssim(ref.image.astype(np.float64), tst.image.astype(np.float64), data_range=255.0)
+            s_raw = ssim(ref.raw.astype(np.float64), tst.raw.astype(np.float64), data_range=255.0)
+            ssims.append(s)
+            raw_ssims.append(s_raw)
+            item = final.add(ref.image, tst.image, sample.name, ssim=s,
+                             pixels_differing=int(np.count_nonzero(ref.image != tst.image)))
+            raw.add(ref.raw, tst.raw, sample.name, ssim=s_raw)
+            say(f"  end to end {sample.name}: {item['psnr_db']:.2f} dB, SSIM {s:.5f}", flush=True)
+        e2e = final.summary() | {
+            "ssim": float(np.mean(ssims)),
+            "ssim_worst": float(np.min(ssims)),
+            "items": final.items,
+            "before_colour_fix": raw.summary() | {"ssim": float(np.mean(raw_ssims)), "items": raw.items},
+        }
+        timings["end_to_end"] = _time.perf_counter() - start
+    for sample in samples:
+        sample_rows.append({"name": sample.name, "source": sample.source, "height": sample.shape[0],
+                            "width": sample.shape[1], "K": sample.K, "focus": type(sample.focus).__name__})
+    failures = _check_thresholds(component_figures, e2e, thresholds)
+    info = {"config": config.name, "max_tiles_per_image": max_tiles_per_image, "seconds": timings}
+    info.update(dict(meta or {}))
+    return ParityResult(component_figures, e2e, thresholds, failures, sample_rows, info)
+
+
+def _fmt(value: _Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if abs(value) < 1e-3 and value != 0.0:
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def parity_markdown(result: ParityResult, title: str = "Parity report") -> str:
+    """A human-readable summary of a :class:`ParityResult` (what ``parity.md`` holds)."""
+    meta = result.meta
+    lines = [f"# {title}", ""]
+    lines.append(f"Status: **{'PASS' if result.passed else 'FAIL'}**")
+    for key in ("reference", "tested", "artifacts", "recipe", "config", "model_label"):
+        if key in meta:
+            lines.append(f"- {key}: {meta[key]}")
+    t = result.thresholds
+    lines.append(f"- thresholds: component PSNR >= {_fmt(t.min_psnr_component)} dB, end-to-end PSNR >= "
+                 f"{_fmt(t.min_psnr_end_to_end)} dB, SSIM >= {_fmt(t.min_ssim, 4)}")
+    lines += ["", "PSNR = 20 log10(max|ref| / RMSE), pooled over all tiles; worst = lowest single tile.", ""]
+    lines += ["## Per component (tested backend fed the reference's stage inputs)", "",
+              "| component | PSNR (dB) | worst tile (dB) | max abs | tiles |", "|---|---|---|---|---|"]
+    for name, f in result.components.items():
+        lines.append(f"| {name} | {_fmt(f['psnr_db'])} | {_fmt(f['psnr_db_worst'])} | {_fmt(f['max_abs'], 6)} | {f['count']} |")
+    lines.append("")
+    if result.end_to_end is not None:
+        e = result.end_to_end
+        b = e["before_colour_fix"]
+        lines += ["## End to end (each backend renders the whole photo)", "",
+                  "| output | PSNR (dB) | worst image (dB) | SSIM | max abs (8-bit levels) |", "|---|---|---|---|---|",
+                  f"| final (after colour fix) | {_fmt(e['psnr_db'])} | {_fmt(e['psnr_db_worst'])} | {_fmt(e['ssim'], 5)} | {_fmt(e['max_abs'], 0)} |",
+                  f"| blended, before colour fix | {_fmt(b['psnr_db'])} | {_fmt(b['psnr_db_worst'])} | {_fmt(b['ssim'], 5)} | {_fmt(b['max_abs'], 0)} |",
+                  ""]
+    lines += ["## Samples", "", "| name | source | size | K | focus |", "|---|---|---|---|---|"]
+    for s in result.samples:
+        lines.append(f"| {s['name']} | {s['source']} | {s['height']}x{s['width']} | {s['K']} | {s['focus']} |")
+    if result.failures:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in result.failures]
+    return "\n".join(lines) + "\n"
+
+
+def write_parity_report(result: ParityResult, folder: _Path | str, title: str = "Parity report") -> tuple[_Path, _Path]:
+    """Write ``parity.json`` and ``parity.md`` into ``folder`` (each atomically)."""
+    from .atomic import write_json, write_text
+
+    folder = _Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(folder / PARITY_JSON, result.to_dict())
+    md_path = write_text(folder / PARITY_MD, parity_markdown(result, title))
+    return json_path, md_path
+
+
+# =====================================================================================================
+# Two sources of error: quantization (quantized graph on an exact CPU runtime vs the fp32 reference)
+# and backend (the accelerator vs that same quantized graph on the CPU). Used by the QNN path, where
+# ONNX Runtime's CPU EP runs the QDQ graph with exact integer arithmetic and the HTP runs it on the
+# NPU (or Qualcomm's simulator); a bad total then points at the quantization recipe or at the
+# device, never at both at once.
+# =====================================================================================================
+
+SPLIT_KEYS = ("quantization", "backend", "total")
+_SPLIT_TITLES = {
+    "quantization": "Quantization error: quantized graph on the CPU vs fp32 reference",
+    "backend": "Backend error: accelerator vs the same quantized graph on the CPU",
+    "total": "Total: accelerator vs fp32 reference",
+}
+
+
+def run_split_parity(
+    reference_fns: _Mapping[str, _Callable[..., np.ndarray]],
+    cpu_fns: _Mapping[str, _Callable[..., np.ndarray]],
+    device_fns: _Mapping[str, _Callable[..., np.ndarray]],
+    samples: _Sequence[_Any],
+    *,
+    config: _Any,
+    max_tiles_per_image: int | None = None,
+    end_to_end: bool = True,
+    total: bool = True,
+    quantization_thresholds: ParityThresholds | None = None,
+    backend_thresholds: ParityThresholds | None = None,
+    meta: _Mapping[str, _Any] | None = None,
+) -> dict[str, ParityResult]:
+    """``{"quantization": ref vs cpu, "backend": cpu vs device, "total": ref vs device}``, each a
+    :class:`ParityResult` from :func:`run_parity` on the same samples."""
+    common = dict(config=config, max_tiles_per_image=max_tiles_per_image, end_to_end=end_to_end)
+    meta = dict(meta or {})
+    results = {
+        "quantization": run_parity(reference_fns, cpu_fns, samples, thresholds=quantization_thresholds,
+                                   meta=meta | {"reference": "fp32", "tested": "quantized on CPU"}, **common),
+        "backend": run_parity(cpu_fns, device_fns, samples, thresholds=backend_thresholds,
+                              meta=meta | {"reference": "quantized on CPU", "tested": "accelerator"}, **common),
+    }
+    if total:
+        results["total"] = run_parity(reference_fns, device_fns, samples,
+                                      meta=meta | {"reference": "fp32", "tested": "accelerator"}, **common)
+    return results
+
+
+def split_parity_markdown(results: _Mapping[str, ParityResult], title: str = "Parity report") -> str:
+    """One Markdown document: a summary table of the split, then each part's own report."""
+    lines = [f"# {title}", "", "| part | component | PSNR (dB) | worst tile (dB) | max abs |", "|---|---|---|---|---|"]
+    for key in SPLIT_KEYS:
+        if key not in results:
+            continue
+        for name, f in results[key].components.items():
+            lines.append(f"| {key} | {name} | {_fmt(f['psnr_db'])} | {_fmt(f['psnr_db_worst'])} | {_fmt(f['max_abs'], 6)} |")
+        e = results[key].end_to_end
+        if e is not None:
+            lines.append(f"| {key} | end to end (8-bit photo, SSIM {_fmt(e['ssim'], 4)}) | {_fmt(e['psnr_db'])} | "
+                         f"{_fmt(e['psnr_db_worst'])} | {_fmt(e['max_abs'], 0)} |")
+    lines.append("")
+    for key in SPLIT_KEYS:
+        if key in results:
+            body = parity_markdown(results[key], _SPLIT_TITLES[key])
+            lines.append("#" + body)  # demote the part's title one level
+    return "\n".join(lines)
+
+
+def write_split_parity_report(results: _Mapping[str, ParityResult], folder: _Path | str,
+                              title: str = "Parity report") -> tuple[_Path, _Path]:
+    """``parity.json`` (``{"passed", "quantization", "backend", "total"}``) and ``parity.md``, atomically."""
+    from .atomic import write_json, write_text
+
+    folder = _Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data: dict[str, _Any] = {"passed": all(r.passed for r in results.values()), "split": list(results)}
+    data.update({key: result.to_dict() for key, result in results.items()})
+    json_path = write_json(folder / PARITY_JSON, data)
+    md_path = write_text(folder / PARITY_MD, split_parity_markdown(results, title))
+    return json_path, md_path

@@ -211,15 +211,14 @@ def _torch_model(args: argparse.Namespace):
     return model, label
 
 
-def _artifacts_manifest(artifacts: Path) -> dict[str, Any]:
-    manifest = artifacts / "manifest.json"
-    if not manifest.is_file():
-        return {}
+def _artifacts_manifest(artifacts: Path):
+    """The artifacts' manifest (schema and file hashes checked), as a clear CLI error if unusable."""
+    from .manifest import ManifestError, read_manifest
+
     try:
-        data = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CLIError(f"cannot read {manifest}: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        return read_manifest(artifacts)
+    except ManifestError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def load_for_render(args: argparse.Namespace) -> LoadedModel:
@@ -247,18 +246,16 @@ def load_for_render(args: argparse.Namespace) -> LoadedModel:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     manifest = _artifacts_manifest(args.artifacts)
-    if args.config is not None:
-        config = get_config(args.config)
-    elif isinstance(manifest.get("config"), dict):
-        config = MagicBokehConfig.from_dict(manifest["config"])
-    elif isinstance(manifest.get("config"), str):
-        config = get_config(manifest["config"])
-    else:
-        raise CLIError(f"cannot tell the tile size of the artifacts in {args.artifacts}: pass --config")
-    label = manifest.get("model_label") or manifest.get("label") or {
+    config = manifest.model_config
+    if args.config is not None and get_config(args.config) != config:
+        raise CLIError(f"--config {args.config} does not match the artifacts, which were exported from "
+                       f"config {config.name!r}")
+    label = manifest.model_label or {
         "kind": "unknown",
         "description": f"exported artifacts in {args.artifacts} (their manifest names no model)",
     }
+    if isinstance(label, str):
+        label = {"kind": "exported", "description": label}
     components = backend.load(args.artifacts)
     return LoadedModel(components, config, dict(label), args.backend)
 

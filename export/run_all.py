@@ -1,0 +1,230 @@
+"""The main job: export the model to every target, measure parity, render a sample photo.
+
+``bash scripts/main.sh`` runs this module. Each target runs its own exporter CLI in a subprocess
+(so one failing target, or one holding a lot of memory, cannot take the others down, and each
+step's peak memory is its own), then the sample photo is rendered through every backend with the
+same ``render`` command a user would run, and one summary (JSON + Markdown) collects the exporters'
+own parity reports. Nothing here computes a figure itself: it only gathers what the steps measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Target:
+    """One export target: the exporter command that builds it and the backend that runs it."""
+
+    name: str
+    exporter: str
+    args: list[str]
+    folder: str
+    backend: str
+    notes: str = ""
+
+
+def default_targets(out: Path, config: str | None) -> list[Target]:
+    cfg = ["--config", config] if config else []
+    return [
+        Target("executorch-xnnpack-fp32", "export/to_executorch.py",
+               ["--out", str(out), "--recipe", "xnnpack-fp32", *cfg], "executorch-xnnpack-fp32", "executorch"),
+        Target("executorch-xnnpack-int8", "export/to_executorch.py",
+               ["--out", str(out), "--recipe", "xnnpack-int8", *cfg], "executorch-xnnpack-int8", "executorch"),
+        Target("coreml-fp16", "export/to_coreml.py",
+               ["--out", str(out / "coreml-fp16"), "--precision", "fp16", "--components", "encoder,denoiser,decoder", *cfg],
+               "coreml-fp16", "coreml"),
+        Target("qnn-w8a16", "export/to_qnn.py",
+               ["--out", str(out / "qnn-w8a16"), "--precision", "w8a16", *cfg], "qnn-w8a16", "qnn-htp",
+               notes="HTP simulated on x86: parity only, its time says nothing about a phone"),
+    ]
+
+
+@dataclass
+class StepResult:
+    name: str
+    command: list[str]
+    returncode: int
+    seconds: float
+    log: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def run_step(name: str, command: list[str], log_path: Path) -> StepResult:
+    """Run one command, tee its output to a log file, and time it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\n=== {name}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    seconds = time.perf_counter() - start
+    print(f"=== {name}: exit {code} after {seconds:.0f} s (log: {log_path})", flush=True)
+    return StepResult(name, command, code, seconds, str(log_path))
+
+
+def write_sample_photo(folder: Path, seed: int, height: int, width: int) -> dict[str, Path]:
+    """A generated photo (degraded like a digital zoom) with exact depth and a subject mask."""
+    import numpy as np
+    from PIL import Image
+
+    from runtime_py.scenes import generate_scene
+
+    scene = generate_scene(seed=seed, size=max(height, width), family="street", aperture_k=24)
+    crop = lambda a: a[:height, :width]  # noqa: E731
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"image": folder / "photo.png", "depth": folder / "depth.npy", "mask": folder / "mask.png"}
+    Image.fromarray((crop(scene.degraded) * 255).round().astype(np.uint8)).save(paths["image"])
+    np.save(paths["depth"], crop(scene.depth).astype(np.float32))
+    Image.fromarray((crop(scene.mask) > 0).astype(np.uint8) * 255).save(paths["mask"])
+    return paths
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def summarise(out: Path, targets: Sequence[Target], exports: dict[str, StepResult], renders: dict[str, StepResult]) -> dict[str, Any]:
+    rows = []
+    for target in targets:
+        folder = out / target.folder
+        manifest = _read_json(folder / "manifest.json")
+        parity = _read_json(folder / "parity.json")
+        step = exports.get(target.name)
+        render = renders.get(target.name)
+        sizes = {name: entry.get("bytes") for name, entry in (manifest or {}).get("components", {}).items()}
+        rows.append({
+            "target": target.name,
+            "backend": target.backend,
+            "export_exit": step.returncode if step else None,
+            "export_seconds": round(step.seconds, 1) if step else None,
+            "export_log": step.log if step else None,
+            "artifacts": str(folder) if manifest else None,
+            "component_bytes": sizes,
+            "parity": parity,
+            "render": str(out / "renders" / f"{target.name}.png") if render and render.returncode == 0 else None,
+            "render_exit": render.returncode if render else None,
+            "notes": target.notes,
+        })
+    torch_render = renders.get("torch")
+    return {"targets": rows, "reference_render": str(out / "renders" / "torch.png") if torch_render and torch_render.returncode == 0 else None}
+
+
+def _component_psnrs(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "not measured"
+    comps = parity.get("components") or {}
+    parts = []
+    for name, entry in comps.items():
+        value = entry.get("psnr_db") if isinstance(entry, dict) else None
+        if value is not None:
+            parts.append(f"{name} {value:.1f}" if isinstance(value, (int, float)) else f"{name} {value}")
+    return ", ".join(parts) or "see parity.md"
+
+
+def _end_to_end(parity: dict[str, Any] | None) -> str:
+    e2e = (parity or {}).get("end_to_end") or {}
+    if not e2e:
+        return "not measured"
+    psnr, ssim = e2e.get("psnr_db"), e2e.get("ssim")
+    return f"{psnr:.1f} dB / SSIM {ssim:.4f}" if isinstance(psnr, (int, float)) and isinstance(ssim, (int, float)) else str(e2e)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "# MagicBokeh main job: export + parity",
+        "",
+        "Parity is measured against the fp32 torch reference by executing each exported artifact on this machine",
+        "(PSNR = 20 log10(max|ref| / RMSE)). Each target's own `parity.md` has the details.",
+        "",
+        "| target | export | component PSNR (dB) | end to end (dB / SSIM) | size (MiB) | render | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["targets"]:
+        ok = "ok" if row["export_exit"] == 0 else f"exit {row['export_exit']} (see {row['export_log']})"
+        size = sum(v for v in row["component_bytes"].values() if isinstance(v, int)) / 2**20 if row["component_bytes"] else None
+        lines.append(
+            f"| {row['target']} | {ok}, {row['export_seconds']} s | {_component_psnrs(row['parity'])} | {_end_to_end(row['parity'])} | "
+            f"{'' if size is None else f'{size:.1f}'} | {row['render'] or 'not rendered'} | {row['notes']} |"
+        )
+    lines += ["", f"Reference render (fp32 torch): {summary['reference_render'] or 'not rendered'}", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.run_all", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "main", help="output folder (default outputs/main)")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help="subset of targets (default: all of executorch-xnnpack-fp32, executorch-xnnpack-int8, coreml-fp16, qnn-w8a16)")
+    p.add_argument("--config", default=None, help="model size of the built-in model (advanced; default: the built-in model's)")
+    p.add_argument("--photo-size", default="640x1024", help="HxW of the generated sample photo (default 640x1024)")
+    p.add_argument("--no-render", action="store_true", help="skip rendering the sample photo through each backend")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out: Path = args.out.resolve()
+    targets = default_targets(out, args.config)
+    if args.targets:
+        unknown = sorted(set(args.targets) - {t.name for t in targets})
+        if unknown:
+            print(f"error: unknown targets {unknown}; choose from {[t.name for t in targets]}", file=sys.stderr)
+            return 2
+        targets = [t for t in targets if t.name in args.targets]
+    py = sys.executable
+    exports = {t.name: run_step(f"export {t.name}", [py, t.exporter, *t.args], out / "logs" / f"export-{t.name}.log")
+               for t in targets}
+
+    renders: dict[str, StepResult] = {}
+    if not args.no_render:
+        h, w = (int(v) for v in args.photo_size.lower().split("x"))
+        photo = write_sample_photo(out / "sample", seed=12345, height=h, width=w)
+        base = [py, "-m", "runtime_py", "render", "--image", str(photo["image"]), "--depth", str(photo["depth"]),
+                "--mask", str(photo["mask"]), "--K", "24", "--no-progress"]
+        cfg = ["--config", args.config] if args.config else []
+        renders["torch"] = run_step("render torch", [*base, *cfg, "--out", str(out / "renders" / "torch.png")],
+                                    out / "logs" / "render-torch.log")
+        for t in targets:
+            folder = out / t.folder
+            if exports[t.name].returncode != 0 or not (folder / "manifest.json").exists():
+                continue
+            renders[t.name] = run_step(
+                f"render {t.name}",
+                [*base, "--backend", t.backend, "--artifacts", str(folder), "--out", str(out / "renders" / f"{t.name}.png")],
+                out / "logs" / f"render-{t.name}.log",
+            )
+
+    from runtime_py.atomic import write_json, write_text
+
+    summary = summarise(out, targets, exports, renders)
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", summary_markdown(summary))
+    print("\n" + summary_markdown(summary))
+    print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+    failed = [t.name for t in targets if exports[t.name].returncode != 0]
+    if failed:
+        print(f"targets that did not export here: {failed} (see their logs)", file=sys.stderr)
+    return 1 if len(failed) == len(targets) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

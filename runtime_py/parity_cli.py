@@ -1,0 +1,134 @@
+"""``python -m runtime_py parity --artifacts DIR``: exported artifacts against the fp32 torch reference.
+
+The reference is the model the artifacts were exported from (the built-in model by default, or
+``--checkpoint`` / ``--sd21 --lora``); artifacts whose manifest names other weights or another
+configuration are refused. Inputs are real: generated scenes (``--num-scenes``) and/or a folder of
+photos with their depth maps (``--images``). Writes ``parity.json`` and ``parity.md`` (into the
+artifacts folder unless ``--out``) and exits 1 when a threshold is missed, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_THRESHOLD_MISSED = 1
+EXIT_USAGE = 2
+
+
+def add_parity_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from .model.config import CONFIGS
+
+    p = subparsers.add_parser("parity", help="compare exported artifacts with the fp32 torch reference",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifacts", type=Path, required=True, help="exported artifacts folder (with manifest.json)")
+    p.add_argument("--backend", default=None, help="backend that runs the artifacts (default: the manifest's)")
+    p.add_argument("--components", nargs="+", default=None, help="components to compare (default: all the artifacts hold)")
+    w = p.add_argument_group("reference weights (default: the built-in model)")
+    w.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (with --lora)")
+    w.add_argument("--lora", type=Path, help="MagicBokeh lora.pkl (with --sd21)")
+    w.add_argument("--checkpoint", type=Path, help="a converted MagicBokeh checkpoint")
+    w.add_argument("--config", choices=sorted(CONFIGS), default=None, help="built-in model size (default: the manifest's)")
+    s = p.add_argument_group("inputs")
+    s.add_argument("--num-scenes", type=int, default=2, help="generated scenes (default 2)")
+    s.add_argument("--images", type=Path, default=None,
+                   help="your photos: input/ + depth/NAME.npy (+ mask/NAME.png), or NAME.png beside NAME.npy")
+    s.add_argument("--max-tiles", type=int, default=None, help="tiles per image for the per-component figures (default all)")
+    s.add_argument("--no-end-to-end", action="store_true", help="per-component figures only")
+    t = p.add_argument_group("thresholds (missed -> exit status 1)")
+    t.add_argument("--min-psnr-component", type=float, default=None, help="dB, each component")
+    t.add_argument("--min-psnr-end-to-end", type=float, default=None, help="dB, the final photo")
+    t.add_argument("--min-ssim", type=float, default=None, help="SSIM of the final photo")
+    p.add_argument("--out", type=Path, default=None, help="folder for parity.json / parity.md (default: --artifacts)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(handler=run_parity_command)
+    return p
+
+
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _reference_model(args: argparse.Namespace, manifest_config: str) -> tuple[Any, dict[str, Any]]:
+    if (args.sd21 is None) != (args.lora is None):
+        raise ValueError("--sd21 and --lora go together (the base model folder and the MagicBokeh lora.pkl)")
+    if args.checkpoint is not None and args.sd21 is not None:
+        raise ValueError("give --checkpoint or --sd21/--lora, not both")
+    if args.checkpoint is None and args.sd21 is None:
+        from .default_model import load_default_model
+        from .model.config import CONFIGS
+
+        name = args.config or manifest_config
+        if name not in CONFIGS:
+            raise ValueError(f"the artifacts were exported from config {name!r}, which is not built in: pass --checkpoint")
+        return load_default_model(name)
+    from .checkpoints import load_model
+
+    for path in (args.sd21, args.lora, args.checkpoint):
+        if path is not None and not path.exists():
+            raise ValueError(f"weights not found: {path}")
+    kwargs = {"sd21": args.sd21, "lora": args.lora, "checkpoint": args.checkpoint}
+    if args.config is not None:
+        kwargs["config"] = args.config
+    model = load_model(**kwargs)
+    return model, {"kind": "checkpoint", **{k: str(v) for k, v in kwargs.items() if isinstance(v, Path)}}
+
+
+def run_parity_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backends import BackendUnavailableError, get_backend
+    from .backends.torch_backend import TorchBackend
+    from .checkpoints import weights_sha256
+    from .components import tile_components
+    from .images import InputError
+    from .manifest import ManifestError, check_matches, read_manifest
+    from .parity import ParityThresholds, run_parity, write_parity_report
+    from .samples import gather_samples
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.num_scenes < 0:
+        return _usage_error("--num-scenes must be >= 0")
+    try:
+        manifest = read_manifest(args.artifacts)
+        model, label = _reference_model(args, manifest.config.get("name", ""))
+        names = tuple(args.components) if args.components else tuple(manifest.components)
+        check_matches(manifest, config=model.config, weights_sha256=weights_sha256(model), components=names)
+        backend_name = args.backend or manifest.backend
+        if backend_name == "torch":
+            return _usage_error("the torch backend is the reference; --artifacts are run by an exported backend")
+        tested = get_backend(backend_name).load(args.artifacts, names)
+        samples = gather_samples(model.config, num_scenes=args.num_scenes, images_dir=args.images)
+    except (ManifestError, InputError, BackendUnavailableError, ValueError, FileNotFoundError) as exc:
+        return _usage_error(str(exc))
+
+    reference = TorchBackend().load(tile_components(model))
+    # The reference for depth would need the depth weights the artifacts came from, which the
+    # manifest's weights hash does not cover; depth parity is reported by the exporter instead.
+    compared = [n for n in names if n in reference]
+    if not compared:
+        return _usage_error(f"the artifacts hold {list(names)}; parity here compares the tile components only")
+    thresholds = ParityThresholds(args.min_psnr_component, args.min_psnr_end_to_end, args.min_ssim)
+    result = run_parity(
+        reference, tested, samples, config=model.config, components=compared,
+        max_tiles_per_image=args.max_tiles, end_to_end=not args.no_end_to_end, thresholds=thresholds,
+        meta={"reference": "torch fp32", "tested": backend_name, "artifacts": str(args.artifacts),
+              "recipe": manifest.recipe.get("name", manifest.precision), "model_label": label},
+    )
+    json_path, md_path = write_parity_report(result, args.out or args.artifacts,
+                                             title=f"{backend_name} {manifest.recipe.get('name', '')} parity".strip())
+    for name, figures in result.components.items():
+        print(f"{name:<10} PSNR {figures['psnr_db']:8.2f} dB   max abs {figures['max_abs']:.3g}   ({figures['count']} tiles)")
+    if result.end_to_end is not None:
+        e = result.end_to_end
+        print(f"{'end2end':<10} PSNR {e['psnr_db']:8.2f} dB   SSIM {e['ssim']:.5f}   max abs {e['max_abs']:.0f} levels")
+    print(f"wrote {json_path} and {md_path}")
+    if not result.passed:
+        for failure in result.failures:
+            print(f"threshold missed: {failure}", file=sys.stderr)
+        return EXIT_THRESHOLD_MISSED
+    return 0

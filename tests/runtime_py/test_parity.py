@@ -1,0 +1,182 @@
+"""The backend-agnostic parity runner, its report files, and the ``parity`` CLI's exit status.
+
+Backends here are torch models (the reference, an identical copy, and a copy with perturbed
+weights) so that the runner's logic is tested without paying for an export; the ExecuTorch
+artifacts themselves are checked in tests/export/test_to_executorch.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime_py.backends.base import register_backend
+from runtime_py.backends.torch_backend import TorchBackend
+from runtime_py.cli import main as cli_main
+from runtime_py.components import tile_components
+from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+from runtime_py.model import build_model, get_config
+from runtime_py.parity import PARITY_JSON, PARITY_MD, ParityThresholds, psnr, run_parity, write_parity_report
+from runtime_py.samples import gather_samples
+
+CONFIG = get_config("tiny")
+
+
+def _perturbed(scale: float):
+    model = build_model("tiny", seed=0)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * (p.abs().mean() + 1e-3))
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return TorchBackend().load(tile_components(build_model("tiny", seed=0)))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    # One generated scene of 1.5 tiles: 4 overlapping tiles (grid 2x2) at tile 128 / stride 64.
+    return gather_samples(CONFIG, num_scenes=1)
+
+
+def test_identical_backends_are_exact(reference, samples):
+    copy = TorchBackend().load(tile_components(build_model("tiny", seed=0)))
+    result = run_parity(reference, copy, samples, config=CONFIG, max_tiles_per_image=2,
+                        thresholds=ParityThresholds(60, 60, 0.999))
+    assert result.passed, result.failures
+    for name in ("encoder", "denoiser", "decoder"):
+        assert result.components[name]["psnr_db"] == math.inf
+        assert result.components[name]["count"] == 2
+    assert result.end_to_end["psnr_db"] == math.inf and result.end_to_end["ssim"] == pytest.approx(1.0)
+
+
+def test_perturbed_backend_is_measured_and_fails_thresholds(reference, samples, tmp_path):
+    tested = TorchBackend().load(tile_components(_perturbed(1e-3)))
+    result = run_parity(reference, tested, samples, config=CONFIG, max_tiles_per_image=2,
+                        thresholds=ParityThresholds(min_psnr_component=200.0, min_psnr_end_to_end=200.0, min_ssim=1.0))
+    assert not result.passed
+    # A 0.1% weight perturbation gives errors far from both float32 rounding (~140 dB) and
+    # garbage (< 20 dB); every figure must be finite and in that band.
+    for name, figures in result.components.items():
+        assert 20.0 < figures["psnr_db"] < 120.0, (name, figures["psnr_db"])
+        assert figures["count"] == 2 and figures["psnr_db_worst"] <= figures["psnr_db"] + 1e-9
+    assert len(result.failures) == 5  # three components, end-to-end PSNR, SSIM
+    assert 0.5 < result.end_to_end["ssim"] < 1.0
+
+    json_path, md_path = write_parity_report(result, tmp_path / "report")
+    data = json.loads(json_path.read_text())
+    assert data["passed"] is False
+    assert set(data["components"]) == {"encoder", "denoiser", "decoder"}
+    for name in data["components"]:
+        assert {"psnr_db", "max_abs"} <= set(data["components"][name])
+    assert {"psnr_db", "ssim", "max_abs"} <= set(data["end_to_end"])
+    text = md_path.read_text()
+    assert "| denoiser |" in text and "FAIL" in text
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name not in (PARITY_JSON, PARITY_MD)]
+
+
+def test_per_component_figures_isolate_the_component(reference, samples):
+    # Only the decoder differs: the encoder and denoiser must be exact even though the decoder
+    # is fed the reference's x0 (stage isolation), while end to end sees the decoder's error.
+    perturbed = tile_components(_perturbed(1e-3))
+    exact = tile_components(build_model("tiny", seed=0))
+    tested = TorchBackend().load({"encoder": exact["encoder"], "denoiser": exact["denoiser"], "decoder": perturbed["decoder"]})
+    result = run_parity(reference, tested, samples, config=CONFIG, max_tiles_per_image=1)
+    assert result.components["encoder"]["psnr_db"] == math.inf
+    assert result.components["denoiser"]["psnr_db"] == math.inf
+    assert math.isfinite(result.components["decoder"]["psnr_db"])
+    assert math.isfinite(result.end_to_end["psnr_db"])
+
+
+def test_pooled_psnr_definition():
+    ref = np.array([[1.0, -2.0], [0.5, 0.0]])
+    test = ref + np.array([[0.0, 0.02], [0.0, 0.0]])
+    expected = 20 * math.log10(2.0 / math.sqrt(0.02**2 / 4))  # peak max|ref| = 2
+    assert psnr(ref, test) == pytest.approx(expected)
+
+
+def test_bad_inputs_are_clear(reference, samples):
+    with pytest.raises(ValueError, match="at least one sample"):
+        run_parity(reference, reference, [], config=CONFIG)
+    with pytest.raises(ValueError, match=r"components \['depth'\] are not in both"):
+        run_parity(reference, reference, samples, config=CONFIG, components=["depth"])
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+class _TorchCopyBackend:
+    """A stand-in exported backend: 'loads' an artifacts folder by building a (perturbed) torch model.
+
+    The folder's manifest is real (files, hashes, config, weights hash), so the CLI's checks run.
+    """
+
+    name = "test-torch-copy"
+    scale = 0.0
+
+    def load(self, artifacts=None, components=None):
+        model = _perturbed(self.scale) if self.scale else build_model("tiny", seed=0)
+        fns = TorchBackend().load(tile_components(model))
+        return {n: fns[n] for n in (components or fns)}
+
+
+class _PerturbedBackend(_TorchCopyBackend):
+    name = "test-torch-perturbed"
+    scale = 1e-3
+
+
+register_backend(_TorchCopyBackend.name, _TorchCopyBackend)
+register_backend(_PerturbedBackend.name, _PerturbedBackend)
+
+
+def _artifacts(folder: Path, backend: str, config_name: str = "tiny") -> Path:
+    from runtime_py.checkpoints import weights_sha256
+
+    model = build_model(config_name, seed=0)
+    components = tile_components(model)
+    folder.mkdir(parents=True)
+    entries = {}
+    for name, component in components.items():
+        (folder / f"{name}.bin").write_bytes(name.encode())
+        entries[name] = ComponentEntry.from_component(component, f"{name}.bin", "fp32")
+    write_manifest(folder, Manifest(backend=backend, config=model.config.to_dict(),
+                                    weights_sha256=weights_sha256(model), components=entries, precision="fp32"))
+    return folder
+
+
+def _run_cli(args: list[str]) -> int:
+    return cli_main(["parity", "--num-scenes", "1", "--max-tiles", "1", *args])
+
+
+def test_cli_passes_and_writes_reports(tmp_path):
+    art = _artifacts(tmp_path / "copy", _TorchCopyBackend.name)
+    status = _run_cli(["--artifacts", str(art), "--min-psnr-component", "60", "--min-psnr-end-to-end", "60",
+                       "--min-ssim", "0.99"])
+    assert status == 0
+    data = json.loads((art / PARITY_JSON).read_text())
+    assert data["passed"] and data["components"]["denoiser"]["psnr_db"] == math.inf
+    assert (art / PARITY_MD).is_file()
+
+
+def test_cli_exits_non_zero_when_a_threshold_is_missed(tmp_path, capsys):
+    art = _artifacts(tmp_path / "perturbed", _PerturbedBackend.name)
+    status = _run_cli(["--artifacts", str(art), "--min-psnr-component", "200", "--no-end-to-end",
+                       "--out", str(tmp_path / "out")])
+    assert status == 1
+    assert "threshold missed: component" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / PARITY_JSON).read_text())["passed"] is False
+
+
+def test_cli_refuses_artifacts_of_another_model(tmp_path, capsys):
+    art = _artifacts(tmp_path / "copy", _TorchCopyBackend.name)
+    status = _run_cli(["--artifacts", str(art), "--config", "small"])
+    assert status == 2
+    assert "exported from config 'tiny'" in capsys.readouterr().err
+    assert _run_cli(["--artifacts", str(tmp_path / "nowhere")]) == 2
