@@ -1,0 +1,254 @@
+"""The QNN export as a library: components -> ONNX -> HTP rewrites -> QDQ -> context binaries.
+
+For each component: export to ONNX (static shapes, opset 21), rewrite the graph for the HTP
+(``export.qnn_rewrites``), quantize to QDQ with ONNX Runtime's QNN configuration calibrated on
+real tiles (``quantize.qnn``, ``quantize.calibration``), then compile it on the HTP backend of
+onnxruntime-qnn with CPU fallback disabled, once per chosen Snapdragon SoC, saving the EPContext
+model (the precompiled context binary embedded in a one-node ONNX file). A component that does not
+run entirely on the HTP fails the export with the reason; nothing silently falls back.
+
+The artifacts folder (``manifest.json`` backend ``"qnn"``) holds per component the fp32 ONNX file
+(after the rewrites), the QDQ file (the manifest's main file) and one context model per SoC. The
+parity report separates the two sources of error: QDQ on the CPU against the fp32 torch reference
+(quantization) and the HTP against QDQ on the CPU (backend), per component and end to end.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from quantize.recipes import CalibrationSpec, QuantRecipe, get_recipe
+from runtime_py.atomic import atomic_path
+from runtime_py.backends.onnxruntime_backend import DEFAULT_SOC, SOCS, HtpLoadError, htp_session, soc_options
+from runtime_py.components import Component
+from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+
+from .onnx_export import DEFAULT_OPSET, export_onnx, model_bytes
+from .prepare import ExportError
+from .qnn_rewrites import rewrite_for_htp
+
+QNN_BACKEND = "qnn"
+QNN_RECIPES = ("w8a16", "w8a8")
+#: Qualcomm's own bar for a quantized component against its float reference (AI Hub's PSNR check).
+W8A16_COMPONENT_PSNR_DB = 30.0
+
+
+@dataclass
+class QnnOptions:
+    """How to lower: recipe, target SoCs, calibration, overrides, opset."""
+
+    recipe: str = "w8a16"
+    socs: tuple[str, ...] = (DEFAULT_SOC,)
+    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(num_scenes=4, max_tiles_per_image=4))
+    images_dir: str | None = None
+    overrides: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # component -> tensor -> entries
+    opset: int = DEFAULT_OPSET
+    focus: str | None = None
+    contexts: bool = True
+
+    def validate(self) -> "QnnOptions":
+        if self.recipe not in QNN_RECIPES:
+            raise ValueError(f"the QNN path supports recipes {QNN_RECIPES}, not {self.recipe!r}")
+        if not self.socs:
+            raise ValueError("name at least one Snapdragon SoC")
+        self.socs = tuple(s.upper() for s in self.socs)
+        for soc in self.socs:
+            soc_options(soc)
+        return self
+
+    @property
+    def quant_recipe(self) -> QuantRecipe:
+        return get_recipe(self.recipe).with_calibration(**self.calibration.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "socs": list(self.socs), "calibration": self.calibration.to_dict(),
+                "images_dir": self.images_dir, "opset": self.opset, "focus": self.focus, "contexts": self.contexts,
+                "overrides": {c: {t: [{k: getattr(v, "name", v) for k, v in e.items()} for e in entries]
+                                  for t, entries in o.items()} for c, o in self.overrides.items()}}
+
+
+@dataclass
+class QnnExportResult:
+    folder: Path
+    manifest: Manifest
+    stages: dict[str, dict[str, Any]]
+    parity: dict[str, Any]
+    seconds: float
+    peak_rss_mib: float
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def file_names(name: str, precision: str, soc: str | None = None) -> str:
+    """The artifact file names: ``<c>.fp32.onnx``, ``<c>.<precision>.onnx``, ``<c>.<precision>.<soc>.ctx.onnx``."""
+    if precision == "fp32":
+        return f"{name}.fp32.onnx"
+    return f"{name}.{precision}.{soc}.ctx.onnx" if soc else f"{name}.{precision}.onnx"
+
+
+def compile_context(qdq_path: Path, ctx_path: Path, soc: str) -> float:
+    """Compile a QDQ model on the HTP with CPU fallback disabled and save its EPContext model; seconds."""
+    start = time.perf_counter()
+    try:
+        session = htp_session(qdq_path, soc, context_path=ctx_path)
+    except HtpLoadError as exc:
+        raise ExportError(str(exc)) from exc
+    del session
+    if not ctx_path.exists():
+        raise ExportError(f"the QNN EP did not write a context model for {qdq_path.name} ({soc})")
+    return time.perf_counter() - start
+
+
+def export_qnn(
+    components: Mapping[str, Component],
+    out: Path | str,
+    *,
+    options: QnnOptions | None = None,
+    names: Sequence[str] | None = None,
+    config: Mapping[str, Any],
+    weights_sha256: str,
+    model_label: Any = "",
+    parity: bool = True,
+    parity_scenes: int = 1,
+    parity_max_tiles: int | None = 4,
+    log: Callable[[str], None] = print,
+) -> QnnExportResult:
+    """Lower the named tile components to QNN artifacts in ``out`` (replaced atomically)."""
+    from quantize.calibration import build_calibration_set
+    from quantize.qnn import quantize_qdq
+    from runtime_py.model import MagicBokehConfig
+
+    options = (options or QnnOptions()).validate()
+    names = list(names or components)
+    unknown = [n for n in names if n not in components]
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; available: {sorted(components)}")
+    if "depth" in names:
+        raise ValueError("the QNN exporter lowers the tile components (encoder, denoiser, decoder); depth is not supported yet")
+    recipe = options.quant_recipe
+    precision = recipe.precision_label
+    model_config = MagicBokehConfig.from_dict(dict(config))
+    started = time.perf_counter()
+    stages: dict[str, dict[str, Any]] = {n: {} for n in names}
+    entries: dict[str, ComponentEntry] = {}
+    parity_report: dict[str, Any] = {}
+    out = Path(out)
+    with atomic_path(out) as folder:
+        folder.mkdir(parents=True)
+        log(f"calibration: {recipe.calibration.num_scenes} scenes, up to {recipe.calibration.max_tiles_per_image} tiles each")
+        start = time.perf_counter()
+        calibration = build_calibration_set(components, model_config, recipe.calibration, components=names,
+                                            images_dir=options.images_dir)
+        calibration_seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            for name in names:
+                stage = stages[name]
+                log(f"{name}: ONNX export (opset {options.opset})")
+                raw = export_onnx(components[name], Path(tmp) / f"{name}.raw.onnx", opset=options.opset,
+                                  target="qnn", focus=options.focus)
+                stage["onnx_export"] = raw.to_dict() | {"path": None}
+                fp32_file = file_names(name, "fp32")
+                start = time.perf_counter()
+                rewrites = rewrite_for_htp(raw.path, folder / fp32_file, name, external_data=raw.external_data)
+                stage["rewrites"] = rewrites.to_dict() | {"seconds": time.perf_counter() - start}
+                log(f"{name}: {rewrites.folded_nodes} nodes folded, {rewrites.bias_adds_to_sub} bias adds -> sub; "
+                    f"quantizing {precision} on {len(calibration.inputs[name])} real tiles")
+                qdq_file = file_names(name, precision)
+                quant = quantize_qdq(folder / fp32_file, folder / qdq_file, calibration.inputs[name], component=name,
+                                     recipe=recipe, overrides=options.overrides.get(name),
+                                     external_data=raw.external_data)
+                stage["quantize"] = quant.to_dict() | {"path": qdq_file}
+                contexts: dict[str, str] = {}
+                if options.contexts:
+                    for soc in options.socs:
+                        ctx_file = file_names(name, precision, soc)
+                        log(f"{name}: compiling on the HTP for {soc} ({SOCS[soc]['name']}), CPU fallback disabled")
+                        seconds = compile_context(folder / qdq_file, folder / ctx_file, soc)
+                        contexts[soc] = ctx_file
+                        stage.setdefault("contexts", {})[soc] = {"file": ctx_file, "seconds": seconds,
+                                                                 "bytes": model_bytes(folder / ctx_file)}
+                stage["bytes"] = {"fp32": model_bytes(folder / fp32_file), "qdq": model_bytes(folder / qdq_file)}
+                entries[name] = ComponentEntry.from_component(
+                    components[name], qdq_file, precision,
+                    fp32_file=fp32_file, context_files=contexts, runs_entirely_on_htp=bool(contexts),
+                    focus_implementation=raw.focus_implementation, opset=options.opset,
+                    rewrites=stage["rewrites"], quantization=stage["quantize"],
+                )
+        manifest = Manifest(
+            backend=QNN_BACKEND,
+            config=dict(config),
+            weights_sha256=weights_sha256,
+            components=entries,
+            precision=precision,
+            recipe=recipe.to_dict() | {"qnn": options.to_dict()},
+            model_label=model_label,
+            extra={"socs": {s: SOCS[s] for s in options.socs}, "calibration": calibration.describe(),
+                   "calibration_seconds": calibration_seconds},
+        )
+        write_manifest(folder, manifest)
+        if parity:
+            log("parity: fp32 torch vs CPU QDQ (quantization) and CPU QDQ vs HTP (backend)")
+            parity_report = run_split_parity(folder, components, names, model_config, options.socs[0],
+                                             num_scenes=parity_scenes, max_tiles=parity_max_tiles,
+                                             quant_threshold=W8A16_COMPONENT_PSNR_DB if options.recipe == "w8a16" else None,
+                                             meta={"recipe": precision, "artifacts": str(out), "model_label": model_label})
+    seconds = time.perf_counter() - started
+    return QnnExportResult(out, manifest, stages, parity_report, seconds, peak_rss_mib())
+
+
+def run_split_parity(
+    folder: Path,
+    components: Mapping[str, Component],
+    names: Sequence[str],
+    config: Any,
+    soc: str,
+    *,
+    num_scenes: int = 1,
+    max_tiles: int | None = 4,
+    quant_threshold: float | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Quantization error (CPU QDQ vs fp32 torch) and backend error (HTP vs CPU QDQ); writes parity.*"""
+    from runtime_py.backends.onnxruntime_backend import OnnxRuntimeBackend, QnnHtpBackend
+    from runtime_py.backends.torch_backend import wrap_component
+    from runtime_py.parity import ParityThresholds, run_split_parity as split, write_split_parity_report
+    from runtime_py.samples import gather_samples
+
+    samples = gather_samples(config, num_scenes=num_scenes, seed=4321)  # not the calibration seed
+    reference = {n: wrap_component(components[n]) for n in names}
+    cpu = OnnxRuntimeBackend("qdq").load(folder, tuple(names))
+    device = QnnHtpBackend(soc).load(folder, tuple(names))
+    results = split(reference, cpu, device, samples, config=config, max_tiles_per_image=max_tiles,
+                    quantization_thresholds=ParityThresholds(min_psnr_component=quant_threshold),
+                    meta=dict(meta or {}) | {"soc": soc})
+    write_split_parity_report(results, folder, title=f"QNN parity ({meta.get('recipe') if meta else ''}, {soc})")
+    return {key: result.to_dict() for key, result in results.items()}
+
+
+def summary_rows(result: QnnExportResult) -> list[tuple[str, ...]]:
+    """One row per component: sizes and the two parity figures (for the CLI's table)."""
+    rows = []
+    for name, stage in result.stages.items():
+        q = result.parity.get("quantization", {}).get("components", {}).get(name, {})
+        b = result.parity.get("backend", {}).get("components", {}).get(name, {})
+        ctx = stage.get("contexts", {})
+        rows.append((
+            name,
+            result.manifest.precision,
+            f"{stage['bytes']['fp32'] / 2**20:.1f} MiB",
+            f"{stage['bytes']['qdq'] / 2**20:.1f} MiB",
+            ", ".join(f"{s} {v['bytes'] / 2**20:.1f} MiB" for s, v in ctx.items()) or "-",
+            f"{q['psnr_db']:.1f}" if q else "-",
+            f"{b['psnr_db']:.1f}" if b else "-",
+        ))
+    return rows
