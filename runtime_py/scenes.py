@@ -376,12 +376,12 @@ def generate_scene(
         raise SceneError(f"scene size must be an integer >= 32 pixels, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SceneError(f"scene seed must be a non-negative integer, got {seed!r}")
+    if aperture_k is not None and not (float(aperture_k) >= 0 and math.isfinite(float(aperture_k))):
+        raise SceneError(f"aperture K must be a finite number >= 0, got {aperture_k}")
     rng = np.random.default_rng([int(seed), SCENE_FAMILIES.index(family)])
     build = _dead_leaves if family == "dead_leaves" else _street
     clean, depth, mask, focus = build(rng, int(size))
     k = float(rng.integers(4, 33)) if aperture_k is None else float(aperture_k)
-    if not (k >= 0 and math.isfinite(k)):
-        raise SceneError(f"aperture K must be a finite number >= 0, got {aperture_k}")
     degraded = degrade_digital_zoom(clean, rng, degradation)
     teacher = render_bokeh(clean, depth, focus, k, bokeh)
     return Scene(

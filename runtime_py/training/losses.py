@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _gaussian_taps(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).to(dtype)
+    return (g / g.sum()).to(dtype)
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -25,8 +24,13 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"SSIM needs two (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     channels = a.shape[1]
-    window = _gaussian_window(dtype=a.dtype).to(a.device).expand(channels, 1, 11, 11).contiguous()
-    blur = lambda t: F.conv2d(t, window, groups=channels)  # noqa: E731
+    taps = _gaussian_taps(dtype=a.dtype).to(a.device)
+    rows = taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous()
+    cols = taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # the 2-D Gaussian window is separable
+        return F.conv2d(F.conv2d(t, rows, groups=channels), cols, groups=channels)
+
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a * mu_a
     var_b = blur(b * b) - mu_b * mu_b

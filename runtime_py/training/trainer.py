@@ -62,11 +62,18 @@ class TrainConfig:
     final_lr_fraction: float = 0.05
     weight_decay: float = 1e-4
     latent_weight: float = 0.25
-    latent_scale_weight: float = 0.01
+    latent_scale_weight: float = 1.0  # keeps E[z^2] near 1: without it the latent term shrinks the latents
     ssim_weight: float = 0.2
     gradient_weight: float = 0.5
     grad_clip: float = 1.0
     max_minutes: float = 48.0
+    # "steps": phases and learning-rate decay follow autoencoder_steps / total_steps (exactly
+    # reproducible). "time": they follow the wall clock (autoencoder_fraction of max_minutes,
+    # then cosine decay to the limit), which uses a budget fully on a machine whose speed is
+    # unknown in advance; total_steps is then only a cap, and the steps at which the phases
+    # changed are recorded.
+    schedule: str = "steps"
+    autoencoder_fraction: float = 0.15
     checkpoint_every: int = 200
     log_every: int = 20
     num_workers: int = 1
@@ -82,6 +89,10 @@ class TrainConfig:
             raise TrainingError("no scene pool files given")
         if self.max_minutes <= 0:
             raise TrainingError("max_minutes must be positive")
+        if self.schedule not in ("steps", "time"):
+            raise TrainingError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
+        if not 0.0 <= self.autoencoder_fraction < 1.0:
+            raise TrainingError("autoencoder_fraction must be in [0, 1)")
 
 
 @dataclass
@@ -94,13 +105,17 @@ class TrainResult:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Warm-up at the start of each phase, constant through the autoencoder phase, cosine after."""
+    """Step schedule: warm-up per phase, constant through the autoencoder phase, cosine after."""
     if step < config.autoencoder_steps:
         return min(1.0, (step + 1) / config.warmup_steps)
     s = step - config.autoencoder_steps
     n = config.total_steps - config.autoencoder_steps
-    warm = min(1.0, (s + 1) / config.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / max(1, n))))
+    return _warm_cosine(s, s / max(1, n), config)
+
+
+def _warm_cosine(steps_in_phase: int, progress: float, config: TrainConfig) -> float:
+    warm = min(1.0, (steps_in_phase + 1) / config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return warm * (config.final_lr_fraction + (1.0 - config.final_lr_fraction) * cosine)
 
 
@@ -259,15 +274,34 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
                     "train_seconds": elapsed_before + time.time() - started}
             save_checkpoint(run_dir, core, getattr(optimizer, "optimizer", optimizer), meta)
 
+    ae_end_step: int | None = history[-1].get("autoencoder_end_step") if history else None
+    if config.schedule == "time" and ae_end_step is not None and ae_end_step >= step:
+        ae_end_step = None  # the last record was still in the autoencoder phase
+    budget = config.max_minutes * 60.0
     for batch in loader:
         if step >= config.total_steps:
             break
-        if time.time() >= deadline:
+        now = time.time()
+        if now >= deadline:
             stopped_by = "wall_clock"
             break
+        if config.schedule == "steps":
+            in_autoencoder = step < config.autoencoder_steps
+            factor = lr_factor(step, config)
+        else:
+            elapsed = elapsed_before + now - started
+            in_autoencoder = ae_end_step is None and elapsed < config.autoencoder_fraction * budget
+            if in_autoencoder:
+                factor = min(1.0, (step + 1) / config.warmup_steps)
+            else:
+                if ae_end_step is None:
+                    ae_end_step = step
+                    log(json.dumps({"autoencoder_end_step": step}))
+                ae_time = config.autoencoder_fraction * budget
+                factor = _warm_cosine(step - ae_end_step, (elapsed - ae_time) / max(1.0, budget - ae_time), config)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(step, config)
-        if step < config.autoencoder_steps:
+            group["lr"] = group["base_lr"] * factor
+        if in_autoencoder:
             terms = _autoencoder_loss(core, batch, config, step)
         else:
             terms = _end_to_end_loss(core, batch, config)
@@ -282,7 +316,8 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
         window_steps += 1
         if step % config.log_every == 0 or step == config.total_steps:
             record = {k: v / window_steps for k, v in window.items()}
-            record |= {"step": step, "phase": "autoencoder" if step <= config.autoencoder_steps else "end_to_end",
+            record |= {"step": step, "phase": "autoencoder" if in_autoencoder else "end_to_end",
+                       "autoencoder_end_step": ae_end_step if config.schedule == "time" else config.autoencoder_steps,
                        "lr": optimizer.param_groups[1]["lr"], "sec_per_step": (time.time() - window_start) / window_steps,
                        "elapsed_min": (elapsed_before + time.time() - started) / 60.0}
             history.append(record)

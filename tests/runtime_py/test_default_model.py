@@ -1,0 +1,58 @@
+"""The built-in default model: the shipped trained weights load, and a broken install says so."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from runtime_py.default_model import (
+    DEFAULT_WEIGHTS,
+    STRUCTURAL_DESCRIPTION,
+    DefaultModelError,
+    load_default_model,
+)
+from runtime_py.model import MagicBokeh
+
+MAX_SHIPPED_BYTES = 20 * 1024 * 1024
+
+
+def test_shipped_weights_are_small_enough_and_documented():
+    assert DEFAULT_WEIGHTS.is_file()
+    assert DEFAULT_WEIGHTS.stat().st_size <= MAX_SHIPPED_BYTES
+    card = DEFAULT_WEIGHTS.parent / "MODEL_CARD.md"
+    assert card.is_file() and "PSNR" in card.read_text()
+    assert (DEFAULT_WEIGHTS.parent / "metrics.json").is_file()
+
+
+def test_default_model_is_the_trained_small_model():
+    model, label = load_default_model()
+    assert isinstance(model, MagicBokeh) and model.config.name == "small" and not model.training
+    assert label["kind"] == "trained-default" and label["weights"] == DEFAULT_WEIGHTS.name
+    assert len(label["weights_sha256"]) == 64
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # stored fp16, run fp32
+
+
+def test_other_configurations_get_the_labelled_structural_model():
+    model, label = load_default_model("tiny")
+    assert model.config.name == "tiny" and label["description"] == STRUCTURAL_DESCRIPTION
+
+
+def test_missing_weights_are_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(DefaultModelError, match="missing"):
+        load_default_model(weights_path=tmp_path / "absent.safetensors")
+
+
+def test_corrupt_weights_are_an_error(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    shutil.copyfile(DEFAULT_WEIGHTS, broken)
+    data = bytearray(broken.read_bytes())
+    broken.write_bytes(bytes(data[: len(data) // 2]))  # truncated download
+    with pytest.raises(DefaultModelError, match="cannot be loaded"):
+        load_default_model(weights_path=broken)
+    flipped = tmp_path / "flipped.safetensors"
+    data[-100] ^= 0xFF  # one damaged weight byte: caught by the stored sha256
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(DefaultModelError, match="cannot be loaded"):
+        load_default_model(weights_path=flipped)
