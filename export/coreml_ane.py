@@ -28,7 +28,8 @@ from runtime_py.model.focus_attention import FocusAttnProcessor, tokens_in_focus
 
 def _conv1x1(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A ``nn.Linear`` applied to channels-first (B, C, 1, S) activations as a 1x1 convolution."""
-    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
+    weight = linear.weight
+    return F.conv2d(x, weight.reshape(weight.shape[0], weight.shape[1], 1, 1), linear.bias)
 
 
 def _lora1x1(pair: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -50,15 +51,18 @@ def split_head_attention(
     scale = d**-0.5
     outs = []
     for h in range(heads):
-        qh = q[:, h * d : (h + 1) * d] * scale
-        kh = k[:, h * d : (h + 1) * d]
-        vh = v[:, h * d : (h + 1) * d]
+        if heads == 1:  # a full-range slice exports as an alias, which coremltools refuses
+            qh, kh, vh = q * scale, k, v
+        else:
+            qh = q[:, h * d : (h + 1) * d] * scale
+            kh = k[:, h * d : (h + 1) * d]
+            vh = v[:, h * d : (h + 1) * d]
         scores = torch.einsum("bchq,bchk->bkhq", qh, kh)
         if key_bias is not None:
             scores = scores + key_bias
         weights = scores.softmax(dim=1)
         outs.append(torch.einsum("bkhq,bchk->bchq", weights, vh))
-    return torch.cat(outs, dim=1)
+    return outs[0] if heads == 1 else torch.cat(outs, dim=1)
 
 
 def _check_plain(attn: nn.Module, encoder_hidden_states: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:

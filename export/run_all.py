@@ -38,14 +38,16 @@ def default_targets(out: Path, config: str | None) -> list[Target]:
     cfg = ["--config", config] if config else []
     return [
         Target("executorch-xnnpack-fp32", "export/to_executorch.py",
-               ["--out", str(out), "--recipe", "xnnpack-fp32", *cfg], "executorch-xnnpack-fp32", "executorch"),
+               ["--out", str(out), "--recipe", "xnnpack-fp32", "--parity-scenes", "1", *cfg], "executorch-xnnpack-fp32", "executorch"),
         Target("executorch-xnnpack-int8", "export/to_executorch.py",
-               ["--out", str(out), "--recipe", "xnnpack-int8", *cfg], "executorch-xnnpack-int8", "executorch"),
+               ["--out", str(out), "--recipe", "xnnpack-int8", "--calibration-scenes", "2",
+                "--calibration-tiles", "4", "--parity-scenes", "1", *cfg], "executorch-xnnpack-int8", "executorch"),
         Target("coreml-fp16", "export/to_coreml.py",
                ["--out", str(out / "coreml-fp16"), "--precision", "fp16", "--components", "encoder,denoiser,decoder", *cfg],
                "coreml-fp16", "coreml"),
         Target("qnn-w8a16", "export/to_qnn.py",
-               ["--out", str(out / "qnn-w8a16"), "--precision", "w8a16", *cfg], "qnn-w8a16", "qnn-htp",
+               ["--out", str(out / "qnn-w8a16"), "--precision", "w8a16", "--calibration-scenes", "2",
+                "--parity-scenes", "1", *cfg], "qnn-w8a16", "qnn-htp",
                notes="HTP simulated on x86: parity only, its time says nothing about a phone"),
     ]
 

@@ -26,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 OpFn = Callable[..., list[Any]]
+#: Largest im2col buffer a convolution may build; larger convs loop over kernel taps instead.
+IM2COL_LIMIT_BYTES = 256 * 2**20
 OPS: dict[str, OpFn] = {}
 
 
@@ -234,9 +236,7 @@ def _select(cond: Any, a: Any, b: Any) -> list[Any]:
 @op("reshape")
 def _reshape(x: Any, shape: Any) -> list[Any]:
     x = np.asarray(x)
-    shape = [int(s) for s in np.asarray(shape).tolist()]
-    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]  # MIL: 0 copies the dim
-    return [x.reshape(shape)]
+    return [x.reshape([int(s) for s in np.asarray(shape).tolist()])]
 
 
 @op("transpose")
@@ -426,8 +426,10 @@ def _reduce_arg(x: Any, axis: Any = -1, keep_dims: Any = False) -> list[Any]:
 def _softmax(x: Any, axis: Any = -1) -> list[Any]:
     x = f32(x)
     axis = _axis(axis, x.ndim)
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return [e / np.sum(e, axis=axis, keepdims=True)]
+    e = x - np.max(x, axis=axis, keepdims=True)  # a new array: safe to work in place below
+    np.exp(e, out=e)
+    e *= np.float32(1.0) / np.sum(e, axis=axis, keepdims=True)
+    return [e]
 
 
 @op("layer_norm")
@@ -533,10 +535,10 @@ def _conv(
     dilations: Any = None,
     groups: Any = 1,
 ) -> list[Any]:
-    """N-d convolution as a sum of one matmul per kernel tap (no im2col buffer).
+    """N-d convolution with fp32 accumulation, as BLAS matmuls.
 
-    For every kernel offset the strided input window is one (Cin, H_out * W_out) matrix, so a
-    3x3 conv costs nine BLAS matmuls with fp32 accumulation; memory stays at one window.
+    Small layers use im2col (one matmul); layers whose im2col buffer would exceed
+    ``IM2COL_LIMIT_BYTES`` sum one matmul per kernel tap over strided windows instead.
     """
     x = f32(x)
     w = f32(weight)
@@ -559,16 +561,29 @@ def _conv(
         (x.shape[2 + i] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1 for i in range(spatial)
     ]
     positions = int(np.prod(out_sizes))
-    y = np.zeros((batch, groups, cout_g, positions), dtype=np.float32)
+    taps = int(np.prod(kernel))
     xg = x.reshape(batch, groups, cin_g, *x.shape[2:])
     wg = w.reshape(groups, cout_g, cin_g, *kernel)
-    for tap in np.ndindex(*kernel):
-        index = [slice(None)] * 3 + [
-            slice(tap[i] * dilations[i], tap[i] * dilations[i] + (out_sizes[i] - 1) * strides[i] + 1, strides[i])
-            for i in range(spatial)
-        ]
-        window = xg[tuple(index)].reshape(batch, groups, cin_g, positions)
-        y += np.matmul(wg[(slice(None), slice(None), slice(None)) + tap][None], window)
+    if batch * cin * taps * positions * 4 <= IM2COL_LIMIT_BYTES:
+        # im2col: one (Cout, Cin*k) @ (Cin*k, positions) matmul; best for few channels.
+        windows = np.lib.stride_tricks.sliding_window_view(
+            xg, [(k - 1) * d + 1 for k, d in zip(kernel, dilations)], axis=tuple(range(3, 3 + spatial)))
+        index = (slice(None),) * 3 + tuple(slice(None, None, s) for s in strides) + tuple(
+            slice(None, None, d) for d in dilations)
+        windows = windows[index]  # (B, G, Cin_g, *out, *kernel)
+        order = (0, 1, 2) + tuple(range(3 + spatial, 3 + 2 * spatial)) + tuple(range(3, 3 + spatial))
+        cols = np.ascontiguousarray(windows.transpose(order)).reshape(batch, groups, cin_g * taps, positions)
+        y = np.matmul(wg.reshape(groups, cout_g, cin_g * taps)[None], cols)
+    else:
+        # One matmul per kernel tap over a strided window: memory stays at one window.
+        y = np.zeros((batch, groups, cout_g, positions), dtype=np.float32)
+        for tap in np.ndindex(*kernel):
+            index = [slice(None)] * 3 + [
+                slice(tap[i] * dilations[i], tap[i] * dilations[i] + (out_sizes[i] - 1) * strides[i] + 1, strides[i])
+                for i in range(spatial)
+            ]
+            window = xg[tuple(index)].reshape(batch, groups, cin_g, positions)
+            y += np.matmul(wg[(slice(None), slice(None), slice(None)) + tap][None], window)
     y = y.reshape(batch, cout, *out_sizes)
     if bias is not None:
         y += f32(bias).reshape((1, cout) + (1,) * spatial)
@@ -759,16 +774,42 @@ def unpack_indices(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
 
 
 @op("constexpr_lut_to_dense")
-def _lut_to_dense(indices: Any, lut: Any, shape: Any) -> list[Any]:
+def _lut_to_dense(indices: Any, lut: Any, shape: Any = None, vector_axis: Any = None) -> list[Any]:
     lut = np.asarray(lut)
-    if lut.ndim != 1:
-        raise InterpreterOpError(
-            f"constexpr_lut_to_dense with a {lut.ndim}-d look-up table (iOS18 per-group palettes) is not implemented"
-        )
-    nbits = int(round(math.log2(lut.size)))
-    shape = [int(s) for s in np.asarray(shape).tolist()]
-    idx = unpack_indices(np.asarray(indices), nbits, int(np.prod(shape)))
-    return [lut[idx].reshape(shape)]
+    if shape is not None:
+        # iOS16 form: one 1-D table, indices packed LSB-first into bytes.
+        if lut.ndim != 1:
+            raise InterpreterOpError(f"iOS16 constexpr_lut_to_dense needs a 1-d look-up table, got shape {lut.shape}")
+        nbits = int(round(math.log2(lut.size)))
+        shape = [int(s) for s in np.asarray(shape).tolist()]
+        idx = unpack_indices(np.asarray(indices), nbits, int(np.prod(shape)))
+        return [lut[idx].reshape(shape)]
+    # iOS18 form: unpacked indices of rank K, tables of shape (groups per dim..., palettes, vector size).
+    idx = np.asarray(indices).astype(np.int64)
+    rank = idx.ndim
+    if lut.ndim != rank + 2:
+        raise InterpreterOpError(f"constexpr_lut_to_dense: look-up table rank {lut.ndim} does not fit indices rank {rank}")
+    if lut.shape[-1] != 1:
+        raise InterpreterOpError("constexpr_lut_to_dense with vector palettization (VECTOR_SIZE > 1) is not implemented")
+    blocks = [idx.shape[i] // lut.shape[i] for i in range(rank)]
+    groups = np.ix_(*[np.arange(idx.shape[i]) // blocks[i] for i in range(rank)])
+    return [lut[..., 0][tuple(groups) + (idx,)]]
+
+
+@op("constexpr_blockwise_shift_scale")
+def _blockwise_shift_scale(data: Any, scale: Any, offset: Any = None) -> list[Any]:
+    """iOS18 block-wise dequantisation: ``scale * (data - offset)``, one scale per block."""
+    data = np.asarray(data).astype(np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+
+    def expand(values: np.ndarray) -> np.ndarray:
+        for axis in range(data.ndim):
+            values = np.repeat(values, data.shape[axis] // values.shape[axis], axis=axis)
+        return values
+
+    if offset is not None:
+        data = data - expand(np.asarray(offset, dtype=np.float32))
+    return [data * expand(scale)]
 
 
 @op("constexpr_affine_dequantize")

@@ -1,0 +1,587 @@
+"""Lower MagicBokeh components to Core ML ML programs (.mlpackage), compress them, check them.
+
+Route: component -> (ANE attention swap, focus "split") -> ``torch.export`` (the ``torch.jit.trace``
+route fails on these graphs) -> ``coremltools.convert`` (ML program, fp16 compute, iOS 17 by
+default) -> optional weight compression (``quantize.coreml``) -> save. A component whose weights
+exceed ``chunk_bytes`` (1 GB by default, Core ML's practical per-model limit on phones) is cut
+into chunks that run in sequence; each chunk is its own package and the manifest lists them.
+
+Parity is computed by EXECUTING the saved packages (``MLModel.predict`` on macOS, the numpy Core ML
+interpreter elsewhere), never the torch model they came from, on tiles cut from generated scenes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.coreml_ane import ane_attention
+from export.prepare import ExportError, focus_implementation, prepare_component, static_example_inputs
+from runtime_py.atomic import atomic_path
+from runtime_py.components import Component
+from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+
+DEFAULT_CHUNK_BYTES = 1 << 30
+PRECISIONS = ("fp16", "fp32", "w8", "w6", "w4", "mixed")
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+COMPUTE_UNITS = {
+    "all": "ALL",
+    "cpu_and_ne": "CPU_AND_NE",
+    "cpu_and_gpu": "CPU_AND_GPU",
+    "cpu_only": "CPU_ONLY",
+}
+FOCUS_FOR_COREML = "split"
+
+
+class CoreMLExportError(ExportError):
+    """Core ML conversion, compression or saving failed; the message names the component."""
+
+
+@dataclass
+class CoreMLOptions:
+    """Everything that decides what a Core ML export produces."""
+
+    precision: str = "fp16"
+    deployment_target: str = "iOS17"
+    compute_units: str = "all"
+    ane_layout: bool = True
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    compile_mlmodelc: bool = False
+    mixed_average_bits: float = 5.0
+    sensitivity_samples: int = 1
+
+    def validate(self) -> "CoreMLOptions":
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.deployment_target not in DEPLOYMENT_TARGETS:
+            raise ValueError(f"deployment target must be one of {DEPLOYMENT_TARGETS}, got {self.deployment_target!r}")
+        if self.compute_units not in COMPUTE_UNITS:
+            raise ValueError(f"compute units must be one of {sorted(COMPUTE_UNITS)}, got {self.compute_units!r}")
+        if self.chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# -- conversion ---------------------------------------------------------------------------------
+
+def _ct():
+    import coremltools as ct
+
+    return ct
+
+
+def ct_target(name: str):
+    return getattr(_ct().target, name)
+
+
+def ct_compute_units(name: str):
+    return getattr(_ct().ComputeUnit, COMPUTE_UNITS[name])
+
+
+def convert_exported(
+    program: torch.export.ExportedProgram,
+    input_names: Sequence[str],
+    input_shapes: Sequence[Sequence[int]],
+    output_names: Sequence[str],
+    *,
+    precision: str = "fp16",
+    deployment_target: str = "iOS17",
+    compute_units: str = "all",
+    label: str = "component",
+):
+    """``coremltools.convert`` of a ``torch.export`` program to an ML program with named I/O.
+
+    fp16 programs take and return fp16 tensors (no cast ops at the edges; the Neural Engine works
+    in fp16). fp32 is there for debugging the converter separately from fp16 effects.
+    """
+    ct = _ct()
+    io_dtype = np.float32 if precision == "fp32" else np.float16
+    inputs = [ct.TensorType(name=n, shape=tuple(s), dtype=io_dtype) for n, s in zip(input_names, input_shapes)]
+    outputs = [ct.TensorType(name=n, dtype=io_dtype) for n in output_names]
+    try:
+        return ct.convert(
+            program.run_decompositions({}),
+            inputs=inputs,
+            outputs=outputs,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct_target(deployment_target),
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            compute_units=ct_compute_units(compute_units),
+            skip_model_load=platform.system() != "Darwin",
+        )
+    except Exception as exc:  # coremltools raises many types
+        raise CoreMLExportError(f"coremltools could not convert {label}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+# -- chunking ------------------------------------------------------------------------------------
+
+@dataclass
+class GraphChunk:
+    """One piece of a component's graph: a module with named tensor inputs/outputs."""
+
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    weight_bytes: int
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def split_graph(
+    program: torch.export.ExportedProgram,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    max_bytes: int,
+    bytes_per_weight: int = 2,
+) -> list[GraphChunk]:
+    """Cut an exported graph into consecutive pieces of at most ``max_bytes`` of weights each.
+
+    Nodes are taken in the graph's (topological) order; a new piece starts when the next node's
+    weights would push the current one over the limit. Values crossing a cut become outputs of
+    the earlier piece and inputs of the later one, so the pieces run in sequence and compose to
+    the original. A single layer larger than the limit gets a piece of its own.
+    """
+    from torch import fx
+
+    gm = program.module()
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(input_names):
+        raise CoreMLExportError(f"graph has {len(placeholders)} inputs, expected {len(input_names)}")
+    output_node = next(n for n in graph.nodes if n.op == "output")
+    outputs = output_node.args[0]
+    outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+    compute = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
+
+    def weight_bytes(node: fx.Node) -> int:
+        total = 0
+        for arg in node.all_input_nodes:
+            if arg.op == "get_attr":
+                value = _attr(gm, arg.target)
+                if isinstance(value, torch.Tensor):
+                    total += value.numel() * bytes_per_weight
+        return total
+
+    part_of: dict[fx.Node, int] = {}
+    sizes = [0]
+    for node in compute:
+        cost = weight_bytes(node)
+        if sizes[-1] > 0 and sizes[-1] + cost > max_bytes:
+            sizes.append(0)
+        part_of[node] = len(sizes) - 1
+        sizes[-1] += cost
+    if len(sizes) == 1:
+        return []  # fits: no chunking
+
+    names = {p: n for p, n in zip(placeholders, input_names)}
+    for node, name in zip(outputs, output_names):
+        names[node] = name
+    produced_in = dict(part_of)
+    for p in placeholders:
+        produced_in[p] = -1
+
+    chunks: list[GraphChunk] = []
+    for index in range(len(sizes)):
+        nodes = [n for n in compute if part_of[n] == index]
+        new_graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        chunk_inputs: list[str] = []
+        for node in nodes:
+            for arg in node.all_input_nodes:
+                if arg in env or arg.op == "get_attr":
+                    continue
+                if produced_in.get(arg, index) < index:
+                    name = names.setdefault(arg, f"t_{arg.name}")
+                    env[arg] = new_graph.placeholder(name)
+                    chunk_inputs.append(name)
+        for node in nodes:
+            for arg in node.all_input_nodes:
+                if arg.op == "get_attr" and arg not in env:
+                    env[arg] = new_graph.get_attr(arg.target)
+            env[node] = new_graph.node_copy(node, lambda n: env[n])
+        later_users = []
+        for node in nodes:
+            used_later = any(part_of.get(u, len(sizes)) > index for u in node.users if u.op != "output") or node in outputs
+            if used_later:
+                later_users.append(node)
+        out_names = [names.setdefault(n, f"t_{n.name}") for n in later_users]
+        new_graph.output(tuple(env[n] for n in later_users))
+        module = fx.GraphModule(gm, new_graph)
+        chunks.append(GraphChunk(module, chunk_inputs, out_names, sizes[index]))
+    missing = [n for n in output_names if n not in {o for c in chunks for o in c.output_names}]
+    if missing:
+        raise CoreMLExportError(f"chunking lost the outputs {missing}")
+    return chunks
+
+
+# -- compile (macOS) -------------------------------------------------------------------------------
+
+def compile_mlmodelc(package: Path) -> Path | None:
+    """Compile an .mlpackage to .mlmodelc beside it (macOS only), so the app skips the first-load compile."""
+    if platform.system() != "Darwin":
+        return None
+    ct = _ct()
+    compiled = Path(ct.utils.compile_model(str(package)))
+    target = package.with_suffix(".mlmodelc")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(compiled), target)
+    return target
+
+
+# -- one component ----------------------------------------------------------------------------------
+
+@dataclass
+class LoweredComponent:
+    """What lowering one component produced."""
+
+    name: str
+    file: str  # relative to the artifacts folder: one package, or a folder of chunk packages
+    precision: str
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    weight_bytes_fp16: int = 0
+    recipe: dict[str, Any] = field(default_factory=dict)
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def coreml_graph(component: Component, ane_layout: bool):
+    """The component as the Core ML export sees it: focus "split" and, optionally, ANE attention."""
+    with focus_implementation(component, FOCUS_FOR_COREML):
+        if ane_layout:
+            with ane_attention(component):
+                yield component
+        else:
+            yield component
+
+
+def export_graph(component: Component, inputs: Sequence[torch.Tensor], ane_layout: bool) -> torch.export.ExportedProgram:
+    try:
+        with coreml_graph(component, ane_layout), torch.no_grad():
+            return torch.export.export(component, tuple(inputs), strict=False)
+    except Exception as exc:
+        raise CoreMLExportError(
+            f"torch.export failed for component {component.name!r} (Core ML, ane_layout={ane_layout}): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+def lower_component(
+    component: Component,
+    folder: Path,
+    options: CoreMLOptions,
+    sensitivity_inputs: Sequence[Sequence[np.ndarray]] = (),
+    log: Callable[[str], None] = print,
+) -> LoweredComponent:
+    """Convert (and chunk, and compress) one component into ``folder``; returns what was written."""
+    from quantize.coreml import compress_mlmodel
+
+    options.validate()
+    name = component.name
+    prepare_component(component)
+    example = static_example_inputs(component)
+    input_names = [s.name for s in component.input_specs()]
+    input_shapes = [tuple(s.shape) for s in component.input_specs()]
+    output_names = [s.name for s in component.output_specs()]
+    result = LoweredComponent(name=name, file="", precision=options.precision)
+    start = time.perf_counter()
+    program = export_graph(component, example, options.ane_layout)
+    result.seconds["torch_export"] = time.perf_counter() - start
+    result.weight_bytes_fp16 = graph_weight_bytes(program)
+
+    chunks = split_graph(program, input_names, output_names, options.chunk_bytes)
+    pieces: list[tuple[str, torch.export.ExportedProgram, list[str], list[tuple[int, ...]], list[str]]] = []
+    # Real inputs of each piece, for measuring per-layer sensitivity (mixed bits).
+    sample_values = [dict(zip(input_names, sample)) for sample in sensitivity_inputs]
+    piece_samples: list[list[dict[str, np.ndarray]]] = []
+    if not chunks:
+        pieces.append((f"{name}.mlpackage", program, input_names, input_shapes, output_names))
+        piece_samples.append(sample_values)
+    else:
+        log(f"  {name}: {result.weight_bytes_fp16 / 2**20:.3f} MiB of fp16 weights > "
+            f"{options.chunk_bytes / 2**20:.3f} MiB: {len(chunks)} chunks")
+        values: dict[str, torch.Tensor] = dict(zip(input_names, example))
+        start = time.perf_counter()
+        for index, chunk in enumerate(chunks):
+            chunk_inputs = tuple(values[n] for n in chunk.input_names)
+            with torch.no_grad():
+                outs = chunk.module(*chunk_inputs)
+            values.update(zip(chunk.output_names, outs))
+            piece_samples.append([{n: np.asarray(v[n]) for n in chunk.input_names} for v in sample_values])
+            with torch.no_grad():
+                for v in sample_values:
+                    chunk_outs = chunk.module(*[torch.as_tensor(np.asarray(v[n])) for n in chunk.input_names])
+                    v.update({o: t.numpy() for o, t in zip(chunk.output_names, chunk_outs)})
+            try:
+                chunk_program = torch.export.export(chunk.module, chunk_inputs, strict=False)
+            except Exception as exc:
+                raise CoreMLExportError(f"torch.export failed for {name} chunk {index}: {_first_line(exc)}") from exc
+            pieces.append((
+                f"{name}.chunks/chunk_{index:02d}.mlpackage",
+                chunk_program,
+                chunk.input_names,
+                [tuple(values[n].shape) for n in chunk.input_names],
+                chunk.output_names,
+            ))
+            result.chunks.append({
+                "file": f"{name}.chunks/chunk_{index:02d}.mlpackage",
+                "inputs": chunk.input_names,
+                "outputs": chunk.output_names,
+                "weight_bytes_fp16": chunk.weight_bytes,
+            })
+        result.seconds["chunking"] = time.perf_counter() - start
+
+    result.seconds["convert"] = 0.0
+    result.seconds["compress"] = 0.0
+    for (relative, piece_program, in_names, in_shapes, out_names), piece_inputs in zip(pieces, piece_samples):
+        start = time.perf_counter()
+        mlmodel = convert_exported(
+            piece_program, in_names, in_shapes, out_names,
+            precision="fp32" if options.precision == "fp32" else "fp16",
+            deployment_target=options.deployment_target,
+            compute_units=options.compute_units,
+            label=f"component {name!r}" + (f" ({relative})" if chunks else ""),
+        )
+        result.seconds["convert"] += time.perf_counter() - start
+        if options.precision not in ("fp16", "fp32"):
+            start = time.perf_counter()
+            mlmodel, recipe = compress_mlmodel(
+                mlmodel, options.precision,
+                sensitivity_inputs=piece_inputs,
+                average_bits=options.mixed_average_bits,
+                log=log,
+            )
+            result.recipe[relative] = recipe
+            result.seconds["compress"] += time.perf_counter() - start
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            mlmodel.save(str(path))
+        except Exception as exc:
+            raise CoreMLExportError(f"saving {path} failed: {_first_line(exc)}") from exc
+        result.seconds["save"] = result.seconds.get("save", 0.0) + time.perf_counter() - start
+        if options.compile_mlmodelc and compile_mlmodelc(path) is None:
+            log(f"  {relative}: .mlmodelc compilation skipped (needs macOS's Core ML compiler)")
+        del mlmodel
+    result.file = pieces[0][0] if not chunks else f"{name}.chunks"
+    return result
+
+
+def graph_weight_bytes(program: torch.export.ExportedProgram, bytes_per_weight: int = 2) -> int:
+    """fp16 bytes of the weights the exported graph really uses (the tile components share one
+    model object, so the module's own parameter count would include the other components)."""
+    gm = program.module()
+    total = 0
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.users:
+            value = _attr(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * bytes_per_weight
+    return total
+
+
+# -- real inputs (for sensitivity measurement) ---------------------------------------------------------
+
+def real_component_inputs(
+    reference_fns: Mapping[str, Callable[..., np.ndarray]],
+    samples: Sequence[Any],
+    config: Any,
+    names: Sequence[str],
+    count: int = 1,
+) -> dict[str, list[tuple[np.ndarray, ...]]]:
+    """Up to ``count`` real inputs per component: reference-pipeline tile inputs of the samples
+    (``runtime_py.samples``), and the host-resized photo for depth."""
+    from runtime_py.samples import depth_inputs, tile_records
+
+    out: dict[str, list[tuple[np.ndarray, ...]]] = {n: [] for n in names}
+    tile_names = [n for n in names if n != "depth"]
+    if tile_names:
+        for record in tile_records(reference_fns, samples, config, max_tiles_per_image=count)[:count]:
+            for name in tile_names:
+                out[name].append(record.inputs(name))
+    if "depth" in names:
+        out["depth"] = [(rgb,) for _label, rgb in depth_inputs(samples, config.depth_input)[:count]]
+    return out
+
+
+# -- a whole export -------------------------------------------------------------------------------------
+
+@dataclass
+class CoreMLExportResult:
+    folder: Path
+    manifest: Manifest
+    components: dict[str, LoweredComponent]
+    parity: Any  # runtime_py.parity.ParityResult, or None without parity
+    seconds: float
+    peak_rss_mib: float
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if platform.system() == "Darwin" else 2**10)
+
+
+#: Per-component PSNR bars the export checks (None: reported only). fp16 >= 40 dB and w8 >= 35 dB
+#: are the issue's bars (Apple's own converter bar is 35 dB); palettized results are reported.
+MIN_PSNR_COMPONENT = {"fp32": 60.0, "fp16": 40.0, "w8": 35.0, "w6": None, "w4": None, "mixed": None}
+
+
+def export_coreml(
+    components: Mapping[str, Component],
+    out: Path | str,
+    *,
+    options: CoreMLOptions | None = None,
+    names: Sequence[str] | None = None,
+    config: Any,
+    weights_sha256: str,
+    model_label: str | dict[str, Any] = "",
+    parity: bool = True,
+    num_scenes: int = 1,
+    max_tiles_per_image: int | None = None,
+    log: Callable[[str], None] = print,
+) -> CoreMLExportResult:
+    """Export components to ``out`` (atomically: a crash leaves no valid-looking folder).
+
+    Writes one package (or chunk folder) per component, ``manifest.json`` and, when ``parity`` is
+    on, ``parity.json`` / ``parity.md`` from the shared parity runner, which EXECUTES the written
+    packages through the ``coreml`` backend against the fp32 torch components on generated scenes.
+    """
+    from runtime_py.backends.torch_backend import TorchBackend
+    from runtime_py.model.config import get_config
+    from runtime_py.samples import gather_samples
+
+    options = (options or CoreMLOptions()).validate()
+    config = get_config(config) if not isinstance(config, dict) else get_config(_config_from_dict(config))
+    names = list(components) if names is None else list(names)
+    unknown = [n for n in names if n not in components]
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; available: {sorted(components)}")
+    out = Path(out)
+    started = time.perf_counter()
+    need_samples = parity or options.precision == "mixed"
+    samples = gather_samples(config, num_scenes=num_scenes) if need_samples else []
+    reference_fns = TorchBackend().load(components)
+    sensitivity = (real_component_inputs(reference_fns, samples, config, names, options.sensitivity_samples)
+                   if options.precision == "mixed" else {})
+    lowered: dict[str, LoweredComponent] = {}
+    label = model_label if isinstance(model_label, str) else str(model_label.get("description", model_label))
+    report: Any = None
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for name in names:
+            log(f"[coreml] {name}: converting ({options.precision}, {options.deployment_target})")
+            lowered[name] = lower_component(components[name], tmp, options,
+                                            sensitivity_inputs=sensitivity.get(name, []), log=log)
+        entries = {}
+        for name in names:
+            low = lowered[name]
+            extra: dict[str, Any] = {
+                "format": "mlpackage",
+                "io_dtype": "float32" if options.precision == "fp32" else "float16",
+                "deployment_target": options.deployment_target,
+                "compute_units": options.compute_units,
+                "ane_layout": options.ane_layout,
+                "focus_implementation": FOCUS_FOR_COREML if name == "denoiser" else None,
+                "weight_bytes_fp16": low.weight_bytes_fp16,
+                "seconds": low.seconds,
+            }
+            if low.chunks:
+                extra["chunks"] = low.chunks
+            if low.recipe:
+                extra["compression"] = low.recipe
+            entries[name] = ComponentEntry.from_component(components[name], low.file, options.precision, **extra)
+        manifest = Manifest(
+            backend="coreml",
+            config=config.to_dict(),
+            weights_sha256=weights_sha256,
+            components=entries,
+            precision=options.precision,
+            recipe=options.to_dict(),
+            model_label=label,
+            extra={"model_label": model_label} if isinstance(model_label, dict) else {},
+        )
+        write_manifest(tmp, manifest)
+        if parity:
+            report = run_package_parity(tmp, reference_fns, samples, config, names, options.precision,
+                                        max_tiles_per_image=max_tiles_per_image, log=log, artifacts_label=str(out))
+    seconds = time.perf_counter() - started
+    return CoreMLExportResult(out, manifest, lowered, report, seconds, peak_rss_mib())
+
+
+def _config_from_dict(data: dict[str, Any]):
+    from runtime_py.model.config import MagicBokehConfig
+
+    return MagicBokehConfig.from_dict(data)
+
+
+def run_package_parity(
+    folder: Path,
+    reference_fns: Mapping[str, Callable[..., np.ndarray]],
+    samples: Sequence[Any],
+    config: Any,
+    names: Sequence[str],
+    precision: str,
+    *,
+    max_tiles_per_image: int | None = None,
+    log: Callable[[str], None] = print,
+    artifacts_label: str | None = None,
+):
+    """The shared parity runner on the written packages (executed), with this precision's bar."""
+    from runtime_py.backends.coreml_backend import CoreMLBackend
+    from runtime_py.parity import ParityThresholds, run_parity, write_parity_report
+
+    backend = CoreMLBackend()
+    tested = backend.load(folder, tuple(names))
+    bar = MIN_PSNR_COMPONENT.get(precision)
+    result = run_parity(
+        reference_fns, tested, samples, config=config, components=list(names),
+        max_tiles_per_image=max_tiles_per_image,
+        thresholds=ParityThresholds(min_psnr_component=bar),
+        meta={"reference": "torch fp32", "tested": f"coreml {precision}", "executed_by": backend.describe(),
+              "artifacts": artifacts_label or str(folder)},
+    )
+    write_parity_report(result, folder, title=f"Core ML {precision} parity (packages executed by {backend.describe()})")
+    for name, figures in result.components.items():
+        log(f"[coreml] {name}: PSNR {figures['psnr_db']:.2f} dB, max abs {figures['max_abs']:.3g}")
+    if result.end_to_end:
+        log(f"[coreml] end to end: PSNR {result.end_to_end['psnr_db']:.2f} dB, SSIM {result.end_to_end['ssim']:.5f}")
+    return result
+
+
+def summary_rows(result: CoreMLExportResult) -> list[tuple[str, str, str, str]]:
+    """(component, precision, size, PSNR) rows for the CLI's table."""
+    rows = []
+    for name, entry in result.manifest.components.items():
+        fig = result.parity.components.get(name, {}) if result.parity is not None else {}
+        psnr = f"{fig['psnr_db']:.2f} dB" if "psnr_db" in fig else "-"
+        chunks = len(entry.extra.get("chunks", [])) or 1
+        size = f"{entry.bytes / 2**20:.2f} MiB" + (f" ({chunks} chunks)" if chunks > 1 else "")
+        rows.append((name, entry.precision, size, psnr))
+    return rows
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
