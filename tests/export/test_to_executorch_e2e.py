@@ -22,10 +22,9 @@ from runtime_py.samples import scene_samples
 
 CONFIG = get_config("tiny").replace(name="tiny-1layer", layers_per_block=1)
 
-# Lowering the denoiser (~2,700 graph nodes even at this size) takes minutes on two CPU cores,
-# over the per-file budget; run with --run-slow. Measured on the shared 2-core machine (load ~12):
-# export 984 s, the two tests 56 s and 49 s; both passed.
-pytestmark = pytest.mark.slow
+# Lowering the denoiser (~2,700 graph nodes even at this size) is the slowest step of the suite
+# (about 2 minutes on two lightly loaded cores); it is the suite's only check that all three tile
+# components reach 60 dB through ExecuTorch, so it runs in CI.
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +63,7 @@ def test_pipeline_renders_the_same_photo_through_executorch(exported):
     assert psnr(ref.image, out.image) >= 40.0
 
 
+@pytest.mark.slow
 def test_sd21_scale_export_time_and_memory(tmp_path):
     """Full SD2.1-scale lowering (random weights): prints time and peak memory; fp32 parity on one tile."""
     import resource
