@@ -144,7 +144,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys) -> None:
     assert not (tmp_path / "y").exists()
 
 
-@pytest.mark.slow
+# About 1-1.5 minutes (the interpreter executes every tile): the issue's "renders a photo through
+# the Core ML backend on Linux" check, so it runs in CI.
 def test_render_image_through_coreml_backend(tmp_path) -> None:
     """The whole-image pipeline renders a photo through the Core ML packages (interpreter on Linux)."""
     from export.to_coreml import main

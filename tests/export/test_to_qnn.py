@@ -87,7 +87,7 @@ def test_htp_runs_every_context_model(artifacts: Path, components) -> None:
         assert out.shape == tuple(components[name].output_specs()[0].shape) and np.isfinite(out).all(), name
 
 
-@pytest.mark.slow  # ~20 s of simulated HTP time for 4 tiles; the exporter's parity report renders too
+# ~10-20 s of simulated HTP time: the "renders a photo through the QNN HTP backend" check.
 def test_photo_renders_through_the_qnn_htp_backend(artifacts: Path) -> None:
     from runtime_py.pipeline import FocusValue, render_image
 
