@@ -1,0 +1,275 @@
+"""Host latency per component and per whole image, per backend and precision.
+
+Each backend run happens in its own process (``benchmarks.memory.run_isolated``): load the
+artifacts, run every tile component on real tile inputs (cut from a generated photo) with
+``warmup`` untimed calls then ``repeats`` timed ones (``time.perf_counter``), and report the median
+and p90. The torch eager fp32 run is the baseline; it also saves its outputs, and every other run
+compares its own outputs with them (per component on the baseline's inputs, and the whole tile
+chain encoder -> denoiser -> decoder on its own outputs), so parity comes from the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from runtime_py.components import TILE_COMPONENTS
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    """One (backend, precision) pair the benchmark times."""
+
+    label: str
+    backend: str  # runtime_py backend registry name
+    artifact: str | None  # export target whose folder it loads (None: the in-memory torch model)
+    precision: str
+    simulated: bool = False
+    phone_target: bool = False  # an artifact a phone runs (candidate for the recommendation)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+BASELINE = "torch-eager-fp32"
+BACKEND_RUNS: tuple[BackendRun, ...] = (
+    BackendRun(BASELINE, "torch", None, "fp32", description="torch eager fp32 (the baseline)"),
+    BackendRun("executorch-xnnpack-fp32", "executorch", "executorch-xnnpack-fp32", "fp32", phone_target=True,
+               description="ExecuTorch XNNPACK delegate, fp32"),
+    BackendRun("executorch-xnnpack-int8", "executorch", "executorch-xnnpack-int8", "w8a8", phone_target=True,
+               description="ExecuTorch XNNPACK delegate, PT2E int8"),
+    BackendRun("onnxruntime-cpu-fp32", "onnxruntime-fp32", "qnn-w8a16", "fp32",
+               description="ONNX Runtime CPU EP, fp32 ONNX"),
+    BackendRun("onnxruntime-cpu-qdq-w8a16", "onnxruntime", "qnn-w8a16", "w8a16",
+               description="ONNX Runtime CPU EP, QDQ W8A16 (the graph the NPU runs)"),
+    BackendRun("qnn-htp-simulated-w8a16", "qnn-htp", "qnn-w8a16", "w8a16", simulated=True, phone_target=True,
+               description="QNN HTP through onnxruntime-qnn on x86: Qualcomm's SIMULATOR. Its time says "
+                           "nothing about a phone; its numerics are the HTP's"),
+)
+
+
+def get_backend_run(label: str) -> BackendRun:
+    for run in BACKEND_RUNS:
+        if run.label == label:
+            return run
+    raise ValueError(f"unknown backend run {label!r}; choose one of {[r.label for r in BACKEND_RUNS]}")
+
+
+@dataclass
+class LatencyStats:
+    """Timed calls of one callable: every sample kept, median and p90 (linear interpolation)."""
+
+    warmup: int
+    repeats: int
+    samples_s: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.samples_s))
+
+    @property
+    def p90_s(self) -> float:
+        return float(np.percentile(self.samples_s, 90))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "repeats": self.repeats, "median_s": self.median_s, "p90_s": self.p90_s,
+                "mean_s": float(np.mean(self.samples_s)), "min_s": float(np.min(self.samples_s)),
+                "samples_s": list(self.samples_s)}
+
+
+def time_callable(fn: Callable[..., Any], args: Sequence[Any], warmup: int, repeats: int) -> tuple[LatencyStats, Any]:
+    """``warmup`` untimed calls, then ``repeats`` timed calls; returns the stats and the last output."""
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    out = None
+    for _ in range(warmup):
+        out = fn(*args)
+    stats = LatencyStats(warmup, repeats)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(*args)
+        stats.samples_s.append(time.perf_counter() - start)
+    return stats, out
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: identical outputs (PSNR inf) are reported as None with a flag."""
+    return value if math.isfinite(value) else None
+
+
+def _compare(reference: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    from runtime_py.parity import max_abs, psnr
+
+    value = psnr(reference, test)
+    return {"psnr_db": _finite(value), "identical": value == math.inf, "max_abs": max_abs(reference, test)}
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for torch in this process (None: the library default, all cores)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def load_backend(run: BackendRun, config_name: str, artifacts: str | None,
+                 threads: int | None = None) -> dict[str, Callable[..., np.ndarray]]:
+    """The component callables of one backend run (the torch model is rebuilt from its seed).
+
+    ``threads`` sets torch's and ONNX Runtime's CPU threads; ExecuTorch's XNNPACK thread pool and the
+    HTP simulator keep their own defaults.
+    """
+    from runtime_py.backends import get_backend
+
+    if run.backend == "torch":
+        from runtime_py.backends.torch_backend import TorchBackend
+        from runtime_py.components import tile_components
+
+        from .artifacts import benchmark_model
+
+        model, _label = benchmark_model(config_name)
+        return dict(TorchBackend().load(tile_components(model)))
+    if artifacts is None:
+        raise ValueError(f"backend run {run.label!r} needs an artifacts folder")
+    if run.backend in ("onnxruntime", "onnxruntime-fp32"):
+        from runtime_py.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        model = "fp32" if run.backend == "onnxruntime-fp32" else "qdq"
+        return dict(OnnxRuntimeBackend(model, threads=threads).load(artifacts, TILE_COMPONENTS))
+    backend = get_backend(run.backend)
+    if run.backend == "executorch":
+        return dict(backend.load(artifacts))
+    return dict(backend.load(artifacts, TILE_COMPONENTS))
+
+
+def tile_inputs(config_name: str, num_tiles: int, seed: int = 2024) -> dict[str, np.ndarray]:
+    """Real tile inputs: tiles of a generated photo (1.5 tiles square), as the pipeline cuts them."""
+    from runtime_py.model import get_config
+    from runtime_py.samples import sample_maps, scene_samples, select_tiles
+    from runtime_py.tiling import plan_tiles
+
+    config = get_config(config_name)
+    sample = scene_samples(1, (config.tile * 3) // 2, seed=seed)[0]
+    rgb, defocus, in_focus = sample_maps(sample, config)
+    boxes = select_tiles(plan_tiles(*sample.shape, config.tile, config.stride).boxes, num_tiles)
+    stack = {"rgb": [], "defocus": [], "in_focus": []}
+    for box in boxes:
+        rows, cols = box.slices()
+        stack["rgb"].append(rgb[0, :, rows, cols])
+        stack["defocus"].append(defocus[None, rows, cols])
+        stack["in_focus"].append(in_focus[None, rows, cols])
+    return {k: np.ascontiguousarray(np.stack(v), dtype=np.float32) for k, v in stack.items()}
+
+
+def whole_image_sample(size: int, seed: int = 77):
+    """The generated photo every backend renders for the whole-image figures."""
+    from runtime_py.samples import scene_samples
+
+    return scene_samples(1, size, seed=seed)[0]
+
+
+def measure_backend(
+    label: str,
+    config_name: str,
+    artifacts: str | None,
+    inputs_path: str,
+    reference_dir: str,
+    warmup: int = 1,
+    repeats: int = 5,
+    whole_image_size: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Child-process entry: load, time every component, compare with the baseline, optionally render.
+
+    The baseline (``torch-eager-fp32``) writes ``reference_dir/tiles.npz`` (its stage outputs) and
+    ``whole_<size>.npy``; the others read them.
+    """
+    from .memory import peak_rss_bytes
+
+    run = get_backend_run(label)
+    is_baseline = run.label == BASELINE
+    set_threads(threads)
+    start = time.perf_counter()
+    fns = load_backend(run, config_name, artifacts, threads)
+    load_seconds = time.perf_counter() - start
+    data = dict(np.load(inputs_path))
+    count = data["rgb"].shape[0]
+    tiles = [(data["rgb"][i:i + 1], data["defocus"][i:i + 1], data["in_focus"][i:i + 1]) for i in range(count)]
+
+    # The tile chain on this backend's own outputs (first calls double as warm-up for the loads).
+    own = {"latent": [], "x0": [], "out": []}
+    for rgb, defocus, in_focus in tiles:
+        latent = fns["encoder"](rgb)
+        x0 = fns["denoiser"](latent, defocus, in_focus)
+        own["latent"].append(latent)
+        own["x0"].append(x0)
+        own["out"].append(fns["decoder"](x0))
+    own_arrays = {k: np.concatenate(v) for k, v in own.items()}
+    reference_path = Path(reference_dir) / "tiles.npz"
+    if is_baseline:
+        Path(reference_dir).mkdir(parents=True, exist_ok=True)
+        np.savez(reference_path, **own_arrays)
+    reference = dict(np.load(reference_path)) if reference_path.exists() else None
+    source = reference if reference is not None else own_arrays
+
+    def args_for(name: str, i: int) -> tuple[np.ndarray, ...]:
+        rgb, defocus, in_focus = tiles[i]
+        if name == "encoder":
+            return (rgb,)
+        if name == "denoiser":
+            return (source["latent"][i:i + 1], defocus, in_focus)
+        return (source["x0"][i:i + 1],)
+
+    outputs_key = {"encoder": "latent", "denoiser": "x0", "decoder": "out"}
+    components: dict[str, Any] = {}
+    for name in TILE_COMPONENTS:
+        stats, first = time_callable(fns[name], args_for(name, 0), warmup, repeats)
+        row = {"latency": stats.to_dict()}
+        if reference is not None and not is_baseline:
+            outs = np.concatenate([first] + [fns[name](*args_for(name, i)) for i in range(1, count)])
+            row["parity_vs_baseline"] = _compare(reference[outputs_key[name]], outs)
+        components[name] = row
+    result: dict[str, Any] = {
+        "label": run.label,
+        "run": run.to_dict(),
+        "load_seconds": load_seconds,
+        "threads": threads,
+        "tiles_compared": count,
+        "components": components,
+        "tile_median_s": sum(components[n]["latency"]["median_s"] for n in TILE_COMPONENTS),
+    }
+    if reference is not None and not is_baseline:
+        result["tile_chain_parity_vs_baseline"] = _compare(reference["out"], own_arrays["out"])
+    if whole_image_size:
+        result["whole_image"] = _render_whole(fns, config_name, whole_image_size, Path(reference_dir), is_baseline)
+    result["peak_rss_bytes_at_end"] = peak_rss_bytes()
+    return result
+
+
+def _render_whole(fns: dict[str, Callable], config_name: str, size: int, reference_dir: Path, is_baseline: bool) -> dict[str, Any]:
+    from runtime_py.model import get_config
+    from runtime_py.parity import psnr, ssim
+    from runtime_py.pipeline import render_image
+
+    sample = whole_image_sample(size)
+    start = time.perf_counter()
+    result = render_image(sample.image_u8, sample.depth, components=fns, config=get_config(config_name),
+                          K=sample.K, focus=sample.focus)
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {"height": size, "width": size, "tiles": result.tile_count, "seconds": seconds,
+                           "method": "measured: one render_image call"}
+    path = reference_dir / f"whole_{size}.npy"
+    if is_baseline:
+        np.save(path, result.raw)
+    elif path.exists():
+        ref = np.load(path).astype(np.float32)
+        value = psnr(ref, result.raw.astype(np.float32))
+        row["parity_vs_baseline"] = {"psnr_db": _finite(value), "identical": value == math.inf,
+                                     "ssim": ssim(ref, result.raw.astype(np.float32), data_range=255.0)}
+    return row

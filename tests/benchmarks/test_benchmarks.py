@@ -1,0 +1,197 @@
+"""Benchmarks: compute figures, tiling counts, same-run ratios, devices, report rendering, a tiny run.
+
+Everything runs on the ``tiny`` configuration (128-px tiles) with one CPU thread per run, so the
+file stays well under a minute on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.compute import count_activations, component_compute, image_compute
+from benchmarks.devices import NOT_MEASURED, device_section
+from benchmarks.latency import BASELINE, time_callable
+from benchmarks.memory import run_isolated
+from benchmarks.report import latency_section, plans_section, recommend, report_markdown
+from benchmarks.run import BenchmarkOptions, run_benchmark
+from benchmarks.tiling_plans import candidate_plans, evaluate_plans
+from runtime_py.tiling import tile_boxes
+
+
+def test_compute_figures_positive_and_tiles_match_tiling():
+    figures = component_compute("tiny")
+    for name in ("encoder", "denoiser", "decoder"):
+        for key in ("params", "flops", "activation_bytes_written", "peak_live_activation_bytes"):
+            assert figures[name][key] > 0, (name, key)
+        # The peak of live tensors can never exceed everything written.
+        assert figures[name]["peak_live_activation_bytes"] <= figures[name]["activation_bytes_written"]
+    assert figures["tile_total"]["flops"] == sum(figures[n]["flops"] for n in ("encoder", "denoiser", "decoder"))
+    for h, w, tile, stride in [(1024, 1024, 512, 256), (1000, 1500, 512, 256), (4032, 3024, 512, 256), (256, 320, 128, 64)]:
+        image = image_compute(h, w, tile, stride, flops_per_tile=7)
+        tiles = len(tile_boxes(h, w, tile, stride))
+        assert image["tiles"] == tiles
+        assert image["tiles_per_megapixel"] == pytest.approx(tiles / (h * w / 1e6))
+        assert image["flops_per_image"] == 7 * tiles
+    # The model notes: a 1024 x 1024 photo needs 9 tiles at 512 / 256.
+    assert image_compute(1024, 1024, 512, 256, 1)["tiles"] == 9
+
+
+def test_activation_counter_on_a_linear_layer():
+    layer = torch.nn.Linear(8, 16).to("meta")
+    x = torch.zeros(4, 8, device="meta")
+    counted = count_activations(lambda: layer(x))
+    # addmm writes one (4, 16) float32 output; the transposed weight is a view (not counted).
+    assert counted["activation_bytes_written"] == 4 * 16 * 4
+    assert counted["peak_live_activation_bytes"] == 4 * 16 * 4
+
+
+def test_time_callable_counts_calls_and_orders_stats():
+    calls = []
+    stats, out = time_callable(lambda v: calls.append(v) or v * 2, (3,), warmup=2, repeats=5)
+    assert len(calls) == 7 and out == 6
+    assert len(stats.samples_s) == 5 and stats.p90_s >= stats.median_s >= min(stats.samples_s)
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        time_callable(lambda: None, (), warmup=0, repeats=0)
+
+
+def test_run_isolated_reports_errors_and_timeouts():
+    # Light targets (no torch import in the child) keep this fast.
+    failed = run_isolated("json:loads", {"s": "{not json"}, timeout_s=120)
+    assert failed.status == "error" and "JSONDecodeError" in failed.error
+    ok = run_isolated("json:loads", {"s": "[1, 2]"}, timeout_s=120)
+    assert ok.ok and ok.value == [1, 2] and ok.peak_rss_bytes > 0
+    slow = run_isolated("tests.benchmarks._helpers:sleep", {"seconds": 60}, timeout_s=2)
+    assert slow.status == "timeout" and "timed out" in slow.error
+    with pytest.raises(ValueError, match="module:function"):
+        run_isolated("benchmarks.latency", {}, 1)
+
+
+def _fake_run(median_enc: float, median_den: float, median_dec: float, psnr: float | None = None) -> dict:
+    comps = {}
+    for name, m in (("encoder", median_enc), ("denoiser", median_den), ("decoder", median_dec)):
+        comps[name] = {"latency": {"warmup": 1, "repeats": 3, "median_s": m, "p90_s": 1.5 * m, "samples_s": [m] * 3}}
+        if psnr is not None:
+            comps[name]["parity_vs_baseline"] = {"psnr_db": psnr, "identical": False, "max_abs": 0.1}
+    value = {"load_seconds": 0.1, "components": comps, "tile_median_s": median_enc + median_den + median_dec}
+    if psnr is not None:
+        value["tile_chain_parity_vs_baseline"] = {"psnr_db": psnr, "identical": False, "max_abs": 0.1}
+    return {"status": "ok", "value": value, "error": None, "seconds": 1.0, "peak_rss_bytes": 2**20}
+
+
+def test_ratios_come_from_same_run_figures_and_missing_runs_say_why():
+    runs = {
+        BASELINE: _fake_run(0.2, 0.4, 0.3),
+        "executorch-xnnpack-fp32": _fake_run(0.1, 0.1, 0.6, psnr=80.0),
+        "executorch-xnnpack-int8": {"status": "not measured", "error": "export failed: boom", "seconds": None,
+                                    "peak_rss_bytes": None},
+    }
+    section = latency_section(runs)
+    base = section["backends"][BASELINE]
+    for name in ("encoder", "denoiser", "decoder"):
+        assert base["components"][name]["median_vs_baseline"] == 1.0
+        assert base["components"][name]["p90_vs_baseline"] == 1.0
+    assert base["tile"]["median_vs_baseline"] == 1.0
+    other = section["backends"]["executorch-xnnpack-fp32"]
+    assert other["components"]["decoder"]["median_vs_baseline"] == pytest.approx(0.6 / 0.3)
+    assert other["tile"]["median_vs_baseline"] == pytest.approx(0.8 / 0.9)
+    missing = section["backends"]["executorch-xnnpack-int8"]
+    assert missing["status"] == NOT_MEASURED and "boom" in missing["reason"]
+    sizes = {"executorch-xnnpack-fp32": {"status": "measured", "total_bytes": 1000, "components": {}}}
+    rec = recommend({"status": NOT_MEASURED, "reason": "skipped"}, section, sizes)
+    assert rec["precision"]["label"] == "executorch-xnnpack-fp32"  # 80 dB >= the 40 dB fp32 bar
+    assert "int8" in json.dumps(rec["precision_candidates"])  # the unmeasured one is listed with its reason
+
+
+def test_missing_device_results_are_not_measured(tmp_path: Path):
+    section = device_section([tmp_path], [tmp_path])
+    assert section["qualcomm_ai_hub"]["status"] == NOT_MEASURED
+    assert section["coreml_mac"]["status"] == NOT_MEASURED
+    (tmp_path / "hub.json").write_text(json.dumps(
+        {"devices": {"Samsung Galaxy S24 (Family)": {"denoiser": {"latency_ms": 12.5, "peak_memory_bytes": 10}}}}))
+    (tmp_path / "coreml_mac_timing.json").write_text(json.dumps({"schema": "something-else"}))
+    section = device_section([tmp_path], [tmp_path])
+    hub = section["qualcomm_ai_hub"]
+    assert hub["status"] == "measured"
+    assert hub["devices"]["Samsung Galaxy S24 (Family)"]["denoiser"]["latency_ms"] == 12.5
+    assert section["coreml_mac"]["status"] == NOT_MEASURED and "magicbokeh-coreml-mac-timing" in section["coreml_mac"]["reason"]
+
+
+def test_candidate_plans_start_with_the_published_plan():
+    plans = candidate_plans("small")
+    assert (plans[0].tile, plans[0].stride, plans[0].label) == (512, 256, "published")
+    assert len({(p.tile, p.stride) for p in plans}) == len(plans)
+    assert all(p.tile % 64 == 0 and p.stride % 64 == 0 and p.stride <= p.tile for p in plans)
+    assert len(candidate_plans("small", quick=True)) < len(plans)
+
+
+def test_tiling_plans_are_compared_with_the_published_plan():
+    torch.set_num_threads(1)
+    plans = [p.to_dict() for p in candidate_plans("tiny", quick=True)]
+    raw = evaluate_plans("tiny", 192, plans)  # in this process: the child entry point is a plain function
+    rows = raw["plans"]
+    assert rows[0]["parity_vs_published"]["identical"] and rows[0]["tiles"] == len(tile_boxes(192, 192, 128, 64))
+    no_overlap = next(r for r in rows if r["stride"] == r["tile"])
+    assert no_overlap["tiles"] == len(tile_boxes(192, 192, 128, 128))
+    # Different blending seams: the output differs from the published plan's, but is the same photo.
+    assert no_overlap["parity_vs_published"]["psnr_db"] is not None and no_overlap["parity_vs_published"]["ssim"] > 0
+    section = plans_section({"status": "ok", "value": raw}, "tiny", {128: 1000})
+    assert section["plans"][1]["flops_per_image"] == 1000 * section["plans"][1]["tiles"]
+    assert all(r["host_seconds_derived"] > 0 for r in section["plans"])
+
+
+def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
+    # Plans are tested above in-process; here only the baseline runs in a child process.
+    options = BenchmarkOptions(out=tmp_path, config="tiny", quick=True, image_size=192, threads=1, plans=False,
+                               backends=(BASELINE,), run_timeout_s=240, compare_sd21=False, log=lambda _m: None)
+    report = run_benchmark(options)
+    data = json.loads((tmp_path / "report.json").read_text())
+    for key in ("latency", "size", "memory", "compute", "photo", "tiling_plans", "devices", "full_scale",
+                "recommendation", "exports", "machine", "settings"):
+        assert key in data, key
+    base = data["latency"]["backends"][BASELINE]
+    assert base["status"] == "measured"
+    assert base["tile"]["median_vs_baseline"] == 1.0  # the baseline against itself, same run
+    assert all(base["components"][c]["median_s"] > 0 for c in ("encoder", "denoiser", "decoder"))
+    assert data["memory"][BASELINE]["peak_rss_bytes"] > 0
+    photo = data["photo"]
+    assert photo["tiles"] == len(tile_boxes(192, 192, 128, 64))
+    assert photo["backends"][BASELINE]["host_seconds_vs_baseline"] == 1.0
+    assert data["tiling_plans"]["status"] == NOT_MEASURED and "--no-plans" in data["tiling_plans"]["reason"]
+    assert data["full_scale"]["status"] == NOT_MEASURED
+    assert data["devices"]["qualcomm_ai_hub"]["status"] == NOT_MEASURED
+    assert data["recommendation"]["plan"] is None and "not measured" in data["recommendation"]["plan_reason"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "# MagicBokeh benchmark" in markdown and "Recommendation" in markdown and "not measured" in markdown
+    assert markdown == report_markdown(report)
+    assert (tmp_path / "latency.png").stat().st_size > 0
+    assert not any(isinstance(v, float) and math.isnan(v) for v in np.ravel([base["tile"]["median_s"]]))
+
+
+def test_sizes_per_backend_come_from_its_export():
+    from benchmarks.report import run_sizes
+
+    exports = {
+        "qnn-w8a16": {"status": "ok", "sizes": {"components": {
+            name: {"w8a16": 10, "fp32": 40, "w8a16-context-SM8650": 12} for name in ("encoder", "denoiser", "decoder")}}},
+        "executorch-xnnpack-int8": {"status": "error", "error": "lowering failed"},
+    }
+    assert run_sizes("onnxruntime-cpu-fp32", exports)["total_bytes"] == 120
+    assert run_sizes("onnxruntime-cpu-qdq-w8a16", exports)["total_bytes"] == 30
+    assert run_sizes("qnn-htp-simulated-w8a16", exports)["total_bytes"] == 36  # the HTP loads the context binary
+    missing = run_sizes("executorch-xnnpack-int8", exports)
+    assert missing["status"] == NOT_MEASURED and "lowering failed" in missing["reason"]
+    assert run_sizes(BASELINE, exports)["status"] == NOT_MEASURED
+
+
+@pytest.mark.skipif(__import__("platform").system() == "Darwin", reason="checks the non-Apple refusal")
+def test_coreml_mac_timing_refuses_clearly_off_apple(tmp_path: Path):
+    from benchmarks.coreml_mac_timing import main
+
+    with pytest.raises(SystemExit, match="macOS"):
+        main([str(tmp_path), "--out", str(tmp_path / "t.json")])
