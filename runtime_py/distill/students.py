@@ -17,7 +17,6 @@ latents can be distilled into the student's small VAE directly.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -26,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_path
-from ..model import MagicBokeh, MagicBokehConfig, alpha_cumprod, get_config
-from ..model.focus_attention import FOCUS_IMPLEMENTATIONS, FocusAttnProcessor
-from ..model.unet import build_unet, focus_attention_layers, time_embedding
-from ..model.vae import build_vae, decode, encode_mean
+from ..model import MagicBokeh, MagicBokehConfig, get_config
+from ..model.magicbokeh import TileStages
+from ..model.unet import build_unet, unet_forward
+from ..model.vae import build_vae
 from .sampling import decode_unclamped, sample_latent
 
 ARCHITECTURES = ("magicbokeh", "folded")
@@ -145,7 +144,7 @@ def check_compatible(teacher: MagicBokehConfig, student: MagicBokehConfig) -> No
         raise ValueError(f"student {student.name!r} cannot learn from teacher {teacher.name!r}: " + "; ".join(problems))
 
 
-class FoldedMagicBokeh(nn.Module):
+class FoldedMagicBokeh(TileStages, nn.Module):
     """MagicBokeh without the injector: the defocus embedding is added to the UNet's input features.
 
     ``h = unet.conv_in(z) + cond_embedding(2d - 1)`` is exactly where the published injector adds the
@@ -165,24 +164,7 @@ class FoldedMagicBokeh(nn.Module):
             conditioning_channels=3,
             block_out_channels=self.config.cond_embedding_channels,
         )
-        a = alpha_cumprod(self.config)
-        self.register_buffer("sqrt_alpha", torch.tensor(math.sqrt(a)), persistent=False)
-        self.register_buffer("sqrt_one_minus_alpha", torch.tensor(math.sqrt(1.0 - a)), persistent=False)
-
-    # -- focus attention (same switches as MagicBokeh, so exporters treat both alike) -----------
-    def focus_processors(self) -> dict[str, FocusAttnProcessor]:
-        return {name: attn.processor for name, attn in focus_attention_layers(self.unet).items()}
-
-    def set_focus_implementation(self, implementation: str) -> None:
-        if implementation not in FOCUS_IMPLEMENTATIONS:
-            raise ValueError(f"focus implementation must be one of {FOCUS_IMPLEMENTATIONS}")
-        for proc in self.focus_processors().values():
-            proc.implementation = implementation
-
-    # -- the three stages -------------------------------------------------------------------------
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB (B, 3, T, T) in [-1, 1] -> scaled latent mean (B, 4, T/8, T/8)."""
-        return encode_mean(self.vae, rgb) * self.config.latent_scale
+        self._register_one_step_constants()
 
     def embed_condition(self, defocus: torch.Tensor) -> torch.Tensor:
         cond = (2.0 * defocus - 1.0).expand(-1, 3, -1, -1)
@@ -192,34 +174,7 @@ class FoldedMagicBokeh(nn.Module):
         self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor, timestep: float | None = None
     ) -> torch.Tensor:
         t = self.config.timestep if timestep is None else timestep
-        unet = self.unet
-        emb = time_embedding(unet, t, latent)
-        hidden = unet.conv_in(latent) + self.embed_condition(defocus)
-        skips: tuple[torch.Tensor, ...] = (hidden,)
-        for block in unet.down_blocks:
-            hidden, res = block(hidden, temb=emb)
-            skips += res
-        focus_kwargs = {"in_focus": in_focus}
-        for block in unet.up_blocks:
-            res = skips[-len(block.resnets):]
-            skips = skips[: -len(block.resnets)]
-            if getattr(block, "has_cross_attention", False):
-                hidden = block(hidden, res_hidden_states_tuple=res, temb=emb, cross_attention_kwargs=focus_kwargs)
-            else:
-                hidden = block(hidden, res_hidden_states_tuple=res, temb=emb)
-        hidden = unet.conv_act(unet.conv_norm_out(hidden))
-        return unet.conv_out(hidden)
-
-    def denoise(self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor) -> torch.Tensor:
-        """One DDPM step from t = 999 to the clean latent (same formula as the reference model)."""
-        eps = self.predict_noise(latent, defocus, in_focus)
-        return (latent - self.sqrt_one_minus_alpha * eps) / self.sqrt_alpha
-
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return decode(self.vae, latent / self.config.latent_scale).clamp(-1.0, 1.0)
-
-    def forward(self, rgb: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.denoise(self.encode(rgb), defocus, in_focus))
+        return unet_forward(self.unet, latent, t, None, in_focus, input_features=self.embed_condition(defocus))
 
     @torch.no_grad()
     def sample(

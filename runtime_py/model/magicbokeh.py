@@ -39,18 +39,15 @@ def alpha_cumprod(config: MagicBokehConfig, timestep: int | None = None) -> floa
         return float(make_scheduler(config).alphas_cumprod[t])
 
 
-class MagicBokeh(nn.Module):
-    """One 512-px tile: ``rgb, defocus, in_focus -> rgb``, split into encode / denoise / decode."""
+class TileStages:
+    """encode / denoise / decode of one tile, shared by MagicBokeh and its distilled students.
 
-    def __init__(self, config: MagicBokehConfig | str = "small"):
-        super().__init__()
-        self.config = get_config(config)
-        self.vae = build_vae(self.config)
-        self.unet = build_unet(self.config)
-        self.injector = Injector(self.config)
-        a = alpha_cumprod(self.config)
-        self.register_buffer("sqrt_alpha", torch.tensor(math.sqrt(a)), persistent=False)
-        self.register_buffer("sqrt_one_minus_alpha", torch.tensor(math.sqrt(1.0 - a)), persistent=False)
+    A subclass provides ``config``, ``vae``, ``unet``, the ``sqrt_alpha`` / ``sqrt_one_minus_alpha``
+    buffers and ``predict_noise``; everything downstream (components, exporters, pipeline) relies
+    only on these methods.
+    """
+
+    config: MagicBokehConfig
 
     # -- focus attention -------------------------------------------------------------------
     def focus_processors(self) -> dict[str, FocusAttnProcessor]:
@@ -63,6 +60,11 @@ class MagicBokeh(nn.Module):
         for proc in self.focus_processors().values():
             proc.implementation = implementation
 
+    def _register_one_step_constants(self) -> None:
+        a = alpha_cumprod(self.config)
+        self.register_buffer("sqrt_alpha", torch.tensor(math.sqrt(a)), persistent=False)
+        self.register_buffer("sqrt_one_minus_alpha", torch.tensor(math.sqrt(1.0 - a)), persistent=False)
+
     # -- the three stages ---------------------------------------------------------------------
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB (B, 3, T, T) in [-1, 1] -> scaled latent mean (B, 4, T/8, T/8)."""
@@ -71,10 +73,7 @@ class MagicBokeh(nn.Module):
     def predict_noise(
         self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor, timestep: float | None = None
     ) -> torch.Tensor:
-        t = self.config.timestep if timestep is None else timestep
-        cond = self.injector.embed_condition(defocus)
-        residuals = self.injector(latent, t, cond)
-        return unet_forward(self.unet, latent, t, residuals, in_focus)
+        raise NotImplementedError
 
     def denoise(self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor) -> torch.Tensor:
         """One DDPM step from t = 999 to the clean latent: ``x0 = (z - sqrt(1-a) eps) / sqrt(a)``."""
@@ -87,6 +86,26 @@ class MagicBokeh(nn.Module):
 
     def forward(self, rgb: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor) -> torch.Tensor:
         return self.decode(self.denoise(self.encode(rgb), defocus, in_focus))
+
+
+class MagicBokeh(TileStages, nn.Module):
+    """One 512-px tile: ``rgb, defocus, in_focus -> rgb``, split into encode / denoise / decode."""
+
+    def __init__(self, config: MagicBokehConfig | str = "small"):
+        super().__init__()
+        self.config = get_config(config)
+        self.vae = build_vae(self.config)
+        self.unet = build_unet(self.config)
+        self.injector = Injector(self.config)
+        self._register_one_step_constants()
+
+    def predict_noise(
+        self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor, timestep: float | None = None
+    ) -> torch.Tensor:
+        t = self.config.timestep if timestep is None else timestep
+        cond = self.injector.embed_condition(defocus)
+        residuals = self.injector(latent, t, cond)
+        return unet_forward(self.unet, latent, t, residuals, in_focus)
 
     # -- multi-step sampling (a teacher for step distillation) ------------------------------
     @torch.no_grad()

@@ -80,19 +80,27 @@ def unet_forward(
     unet: UNet2DConditionModel,
     latent: torch.Tensor,
     timestep: torch.Tensor | float,
-    down_residuals: tuple[torch.Tensor, ...],
+    down_residuals: tuple[torch.Tensor, ...] | None,
     in_focus: torch.Tensor,
+    input_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Predict noise. ``down_residuals`` are the injector's, added to the skip connections."""
+    """Predict noise.
+
+    ``down_residuals`` are the injector's, added to the skip connections; ``input_features`` (a
+    folded student's conditioning) are added to ``conv_in``'s output. Either may be None.
+    """
     emb = time_embedding(unet, timestep, latent)
     hidden = unet.conv_in(latent)
+    if input_features is not None:
+        hidden = hidden + input_features
     skips: tuple[torch.Tensor, ...] = (hidden,)
     for block in unet.down_blocks:
         hidden, res = block(hidden, temb=emb)
         skips += res
-    if len(skips) != len(down_residuals):
-        raise ValueError(f"injector gave {len(down_residuals)} residuals, the UNet has {len(skips)} skips")
-    skips = tuple(s + r for s, r in zip(skips, down_residuals))
+    if down_residuals is not None:
+        if len(skips) != len(down_residuals):
+            raise ValueError(f"injector gave {len(down_residuals)} residuals, the UNet has {len(skips)} skips")
+        skips = tuple(s + r for s, r in zip(skips, down_residuals))
 
     focus_kwargs = {"in_focus": in_focus}
     for block in unet.up_blocks:
