@@ -88,7 +88,7 @@ def write_sample_photo(folder: Path, seed: int, height: int, width: int) -> dict
     from runtime_py.scenes import generate_scene
 
     scene = generate_scene(seed=seed, size=max(height, width), family="street", aperture_k=24)
-    crop = lambda a: a[:height, :width]  # noqa: E731
+    crop = lambda a: a[a.shape[0] - height :, :width]  # noqa: E731  (street subjects stand near the bottom)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"image": folder / "photo.png", "depth": folder / "depth.npy", "mask": folder / "mask.png"}
     Image.fromarray((crop(scene.degraded) * 255).round().astype(np.uint8)).save(paths["image"])
