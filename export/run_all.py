@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [t.name for t in targets if exports[t.name].returncode != 0]
     if failed:
         print(f"targets that did not export here: {failed} (see their logs)", file=sys.stderr)
-    return 1 if len(failed) == len(targets) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
