@@ -1,0 +1,50 @@
+"""The main job's orchestration: target list, sample photo, and the summary built from the steps' own reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from export.run_all import StepResult, build_parser, default_targets, main, summarise, summary_markdown, write_sample_photo
+
+
+def test_targets_cover_every_backend_family(tmp_path: Path) -> None:
+    targets = default_targets(tmp_path, None)
+    assert {t.backend for t in targets} == {"executorch", "coreml", "qnn-htp"}
+    assert all(Path(t.exporter).name.startswith("to_") for t in targets)
+
+
+def test_sample_photo_has_matching_depth_and_a_non_empty_mask(tmp_path: Path) -> None:
+    paths = write_sample_photo(tmp_path, seed=3, height=96, width=160)
+    image = np.array(Image.open(paths["image"]))
+    depth = np.load(paths["depth"])
+    mask = np.array(Image.open(paths["mask"]))
+    assert image.shape == (96, 160, 3) and depth.shape == (96, 160) and mask.shape == (96, 160)
+    assert 0.0 <= depth.min() and depth.max() <= 1.0
+    assert (mask > 0).any(), "the subject must be inside the crop"
+
+
+def test_summary_reads_each_targets_own_reports(tmp_path: Path) -> None:
+    targets = default_targets(tmp_path, None)
+    done = targets[0]
+    folder = tmp_path / done.folder
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"components": {"encoder": {"bytes": 2 * 2**20}}}))
+    (folder / "parity.json").write_text(json.dumps({
+        "components": {"encoder": {"psnr_db": 91.25, "max_abs": 1e-4}},
+        "end_to_end": {"psnr_db": 61.5, "ssim": 0.9999},
+    }))
+    exports = {done.name: StepResult(done.name, [], 0, 12.0, "log"), targets[1].name: StepResult(targets[1].name, [], 1, 3.0, "bad.log")}
+    summary = summarise(tmp_path, targets[:2], exports, {})
+    md = summary_markdown(summary)
+    assert "encoder 91.2" in md and "61.5 dB / SSIM 0.9999" in md and "2.0" in md
+    assert "exit 1 (see bad.log)" in md and "not measured" in md
+
+
+def test_unknown_target_is_refused(capsys) -> None:
+    assert main(["--targets", "nope", "--no-render", "--out", "/nonexistent/never-written"]) == 2
+    assert "unknown targets" in capsys.readouterr().err
+    assert build_parser().parse_args([]).photo_size == "640x1024"
