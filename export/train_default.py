@@ -22,29 +22,39 @@ from pathlib import Path
 
 DEFAULT_POOL_DIR = "outputs/default_model/pool"
 DEFAULT_RUN_DIR = "outputs/default_model/run"
-TRAIN_POOL_SHARDS = ((0, 800), (800, 800))
-POOL_SIZE = 192
+DEFAULT_POOL_SCENES = 1600
+DEFAULT_POOL_SIZE = 192
+DEFAULT_SHARD_SCENES = 800
 
 
-def _pool_paths(pool_dir: Path) -> list[Path]:
+def pool_specs(scenes: int, size: int, shard_scenes: int) -> list:
+    """The training pool as shards of consecutive seeds from 0 (held-out seeds start at 1 000 000)."""
     from runtime_py.training.data import PoolSpec
+    from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED
 
-    return [pool_dir / PoolSpec(first, count, POOL_SIZE).file_name() for first, count in TRAIN_POOL_SHARDS]
+    if scenes < 1 or shard_scenes < 1 or scenes > HELD_OUT_FIRST_SEED:
+        raise SystemExit(f"--pool-scenes must be in 1..{HELD_OUT_FIRST_SEED} and --pool-shard-scenes >= 1")
+    return [PoolSpec(first, min(shard_scenes, scenes - first), size) for first in range(0, scenes, shard_scenes)]
 
 
-def ensure_pool(pool_dir: Path) -> list[Path]:
-    """Build the training scene pool's missing shards (seeds 0..1599, 192 px, dead leaves)."""
-    from runtime_py.training.data import PoolSpec, build_scene_pool
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (VALUE as JSON where it parses: numbers, lists) for MagicBokehConfig fields."""
+    import dataclasses
 
-    paths = []
-    for first, count in TRAIN_POOL_SHARDS:
-        spec = PoolSpec(first, count, POOL_SIZE)
-        path = pool_dir / spec.file_name()
-        if not path.is_file():
-            print(f"building scene pool shard {path} ...", flush=True)
-            build_scene_pool(spec, path)
-        paths.append(path)
-    return paths
+    from runtime_py.model.config import MagicBokehConfig
+
+    known = {f.name for f in dataclasses.fields(MagicBokehConfig)} - {"name"}
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--set needs KEY=VALUE with KEY one of {sorted(known)}, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return overrides
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -52,12 +62,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from runtime_py.training.trainer import TrainConfig, train
 
+    from runtime_py.training.data import build_scene_pool_shards
+
     torch.set_num_threads(args.threads)
-    pool_files = ensure_pool(Path(args.pool_dir))
+    specs = pool_specs(args.pool_scenes, args.pool_size, args.pool_shard_scenes)
+    pool_files = build_scene_pool_shards(specs, Path(args.pool_dir), workers=args.pool_workers)
     config = TrainConfig(
         pool_files=[str(p) for p in pool_files],
         run_dir=args.run_dir,
         model_config=args.config,
+        model_overrides=parse_overrides(args.set),
         crop=args.crop,
         batch_size=args.batch_size,
         autoencoder_steps=args.autoencoder_steps,
@@ -69,11 +83,48 @@ def cmd_train(args: argparse.Namespace) -> int:
         autoencoder_fraction=args.autoencoder_fraction,
         num_workers=args.num_workers,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
         extra={"command": "python -m export.train_default " + " ".join(shlex.quote(a) for a in sys.argv[1:])},
     )
     result = train(config, resume=not args.restart)
     print(json.dumps({"steps_done": result.steps_done, "stopped_by": result.stopped_by,
                       "train_minutes": result.train_seconds / 60.0}), flush=True)
+    return 0
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    from runtime_py.training.data import build_scene_pool_shards
+
+    specs = pool_specs(args.pool_scenes, args.pool_size, args.pool_shard_scenes)
+    for path in build_scene_pool_shards(specs, Path(args.pool_dir), workers=args.pool_workers):
+        print(path, flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from runtime_py.model import build_model
+    from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED, evaluate_model
+    from runtime_py.training.trainer import TrainConfig, load_checkpoint, model_config_of
+
+    torch.set_num_threads(args.threads)
+    state = json.loads((Path(args.run_dir) / "checkpoint.json").read_text())
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
+    model = build_model(model_config_of(config), seed=0)
+    load_checkpoint(Path(args.run_dir), model)
+    seeds = list(range(HELD_OUT_FIRST_SEED, HELD_OUT_FIRST_SEED + args.scenes))
+    summary, _ = evaluate_model(model.eval(), seeds, args.size, "dead_leaves")
+    summary.pop("per_scene")
+    summary["run_dir"], summary["step"], summary["machine"] = args.run_dir, state["step"], state.get("machine")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from runtime_py.training.trainer import pack_checkpoint
+
+    print(pack_checkpoint(Path(args.run_dir), Path(args.out)), flush=True)
     return 0
 
 
@@ -88,23 +139,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export.train_default", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="build the scene pool if needed and train (resumes a run)")
-    t.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    t.add_argument("--pool-dir", default=DEFAULT_POOL_DIR)
-    t.add_argument("--config", default="small")
-    t.add_argument("--crop", type=int, default=128)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--autoencoder-steps", type=int, default=300)
-    t.add_argument("--total-steps", type=int, default=1600)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--vae-lr-scale", type=float, default=1.0)
+    p = sub.add_parser("pool", help="only build the scene pool's missing shards")
+    t.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints and the loss log go here (a run resumes from it)")
+    for q in (t, p):
+        q.add_argument("--pool-dir", default=DEFAULT_POOL_DIR, help="cached scene pool shards (built when missing)")
+        q.add_argument("--pool-scenes", type=int, default=DEFAULT_POOL_SCENES, help="training scenes (seeds 0..N-1)")
+        q.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="side of each generated training scene, px")
+        q.add_argument("--pool-shard-scenes", type=int, default=DEFAULT_SHARD_SCENES, help="scenes per pool shard file")
+        q.add_argument("--pool-workers", type=int, default=1, help="processes that build missing shards in parallel")
+    p.set_defaults(func=cmd_pool)
+    t.add_argument("--config", default="small", help="MagicBokeh configuration to train")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the configuration (repeatable), e.g. latent_channels=16")
+    t.add_argument("--crop", type=int, default=128, help="training crop side, px (multiple of 64, <= --pool-size)")
+    t.add_argument("--batch-size", type=int, default=4, help="crops per optimiser step")
+    t.add_argument("--autoencoder-steps", type=int, default=300, help="VAE-only steps (--schedule steps)")
+    t.add_argument("--total-steps", type=int, default=1600, help="all steps (--schedule steps); a cap with --schedule time")
+    t.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate")
+    t.add_argument("--vae-lr-scale", type=float, default=1.0, help="the VAE's learning rate relative to --lr")
     t.add_argument("--max-minutes", type=float, default=48.0, help="wall-clock limit of this invocation")
     t.add_argument("--schedule", choices=("steps", "time"), default="steps",
                    help="'time': phases and LR decay follow the wall clock (uses --max-minutes fully)")
-    t.add_argument("--autoencoder-fraction", type=float, default=0.2)
-    t.add_argument("--num-workers", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--autoencoder-fraction", type=float, default=0.2, help="share of the time spent on the VAE alone (--schedule time)")
+    t.add_argument("--num-workers", type=int, default=0, help="data-loader processes")
+    t.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    t.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate", help="print held-out figures (model / input / Gaussian blur vs teacher) of a run as JSON")
+    e.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    e.add_argument("--scenes", type=int, default=8, help="held-out dead-leaves scenes")
+    e.add_argument("--size", type=int, default=512, help="scene side, px (the model's tile)")
+    e.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    e.set_defaults(func=cmd_evaluate)
+    k = sub.add_parser("pack", help="copy a run's checkpoint without optimiser state, in float16 (to move it between machines)")
+    k.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    k.add_argument("--out", required=True, help="folder for the packed checkpoint (finish reads it as --run-dir)")
+    k.set_defaults(func=cmd_pack)
     f = sub.add_parser("finish", help="evaluate, save fp16 weights, write metrics, figures and MODEL_CARD.md")
     f.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     f.add_argument("--weights-dir", default="runtime_py/default_weights")

@@ -84,6 +84,33 @@ def build_scene_pool(spec: PoolSpec, path: Path | str, log_every: int = 100) -> 
     return path
 
 
+def _build_one(job: tuple[PoolSpec, str]) -> str:
+    spec, path = job
+    torch.set_num_threads(1)  # one process per shard: threads would only oversubscribe the cores
+    return str(build_scene_pool(spec, path, log_every=0))
+
+
+def build_scene_pool_shards(specs: list[PoolSpec], pool_dir: Path | str, workers: int = 1) -> list[Path]:
+    """Build the shards that are missing (one process per shard, ``workers`` at a time)."""
+    pool_dir = Path(pool_dir)
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    paths = [pool_dir / spec.file_name() for spec in specs]
+    jobs = [(spec, str(path)) for spec, path in zip(specs, paths) if not path.is_file()]
+    if jobs:
+        print(f"building {len(jobs)} scene pool shard(s) in {pool_dir} with {min(workers, len(jobs))} process(es) ...", flush=True)
+        start = time.time()
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for done in pool.imap_unordered(_build_one, jobs):
+                    print(f"  {Path(done).name} ({time.time() - start:.0f} s)", flush=True)
+        else:
+            for job in jobs:
+                print(f"  {Path(_build_one(job)).name} ({time.time() - start:.0f} s)", flush=True)
+    return paths
+
+
 POOL_KEYS = ("clean", "degraded", "depth", "mask", "focus", "teachers", "k_values")
 
 

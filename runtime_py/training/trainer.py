@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json
-from ..model import MagicBokeh, build_model
+from ..model import MagicBokeh, MagicBokehConfig, build_model, get_config
 from .data import SceneTileDataset, load_scene_pool
 from .losses import bokeh_loss
 
@@ -50,6 +51,8 @@ class TrainConfig:
     pool_files: list[str]
     run_dir: str
     model_config: str = "small"
+    # Changes to the named configuration (e.g. {"latent_channels": 16}) for recipe sweeps.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     init_seed: int = 0
     data_seed: int = 0
     crop: int = 128
@@ -93,6 +96,24 @@ class TrainConfig:
             raise TrainingError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
         if not 0.0 <= self.autoencoder_fraction < 1.0:
             raise TrainingError("autoencoder_fraction must be in [0, 1)")
+
+
+def model_config_of(config: TrainConfig) -> MagicBokehConfig:
+    """The MagicBokeh configuration a run trains: the named one with the run's overrides."""
+    base = get_config(config.model_config)
+    if not config.model_overrides:
+        return base
+    try:
+        return base.replace(**config.model_overrides)
+    except TypeError as exc:
+        raise TrainingError(f"bad model override {config.model_overrides}: {exc}") from None
+
+
+def describe_machine() -> str:
+    """Where training runs, for the checkpoint and the model card (GPU name or CPU)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} GPU (CUDA), {platform.machine()} {platform.system()} host"
+    return f"{platform.machine()} {platform.system()} CPU"
 
 
 @dataclass
@@ -168,6 +189,24 @@ def save_checkpoint(run_dir: Path, model: MagicBokeh, optimizer: torch.optim.Opt
     write_json(run_dir / CHECKPOINT_STATE, meta | {"optimizer": opt_meta})
 
 
+def pack_checkpoint(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a run's checkpoint without the optimiser, weights in ``dtype``: small enough to move
+    between machines (a run trained on a GPU host, finished here); :func:`load_checkpoint` reads it."""
+    weights, state_path = Path(run_dir) / CHECKPOINT_WEIGHTS, Path(run_dir) / CHECKPOINT_STATE
+    if not weights.is_file() or not state_path.is_file():
+        raise TrainingError(f"no complete checkpoint in {run_dir}")
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(weights)).items() if k.startswith("model.")}
+    meta = json.loads(state_path.read_text())
+    meta.pop("optimizer", None)
+    meta["packed_dtype"] = str(dtype).replace("torch.", "")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / CHECKPOINT_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json(out_dir / CHECKPOINT_STATE, meta)
+    return out_dir
+
+
 def load_checkpoint(run_dir: Path, model: MagicBokeh, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its JSON state."""
     weights, state_path = run_dir / CHECKPOINT_WEIGHTS, run_dir / CHECKPOINT_STATE
@@ -195,8 +234,8 @@ def _autoencoder_loss(model: MagicBokeh, batch: dict[str, torch.Tensor], config:
     # Each sample reconstructs one of its clean, degraded or teacher images (chosen by position
     # and step, so every kind is seen equally often).
     choices = torch.stack([batch["clean"], batch["x"], batch["teacher"]])  # (3, B, C, H, W)
-    pick = (torch.arange(batch["x"].shape[0]) + step) % 3
-    images = choices[pick, torch.arange(batch["x"].shape[0])]
+    index = torch.arange(batch["x"].shape[0], device=batch["x"].device)
+    images = choices[(index + step) % 3, index]
     latent = model.encode(images)
     recon = model.decode(latent)
     terms = bokeh_loss(recon, images, config.ssim_weight, config.gradient_weight)
@@ -238,7 +277,7 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
     config.validate()
     torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
-    model = build_model(config.model_config, seed=config.init_seed).train()
+    model = build_model(model_config_of(config), seed=config.init_seed).train()
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start_step, history, elapsed_before = 0, [], 0.0
     if resume and (run_dir / CHECKPOINT_STATE).is_file():
@@ -259,6 +298,8 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
         persistent_workers=False,
     )
     accelerator = Accelerator()
+    machine = describe_machine()
+    log(f"training on {machine}")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     core: MagicBokeh = accelerator.unwrap_model(model)
 
@@ -271,7 +312,7 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
     def checkpoint() -> None:
         if accelerator.is_main_process:
             meta = {"step": step, "config": asdict(config), "history": history,
-                    "train_seconds": elapsed_before + time.time() - started}
+                    "train_seconds": elapsed_before + time.time() - started, "machine": machine}
             save_checkpoint(run_dir, core, getattr(optimizer, "optimizer", optimizer), meta)
 
     ae_end_step: int | None = history[-1].get("autoencoder_end_step") if history else None

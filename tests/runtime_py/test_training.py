@@ -137,3 +137,58 @@ def test_thirty_steps_on_tiny_reduce_the_loss_and_resume(pool_file, tmp_path):
     again = train(config, resume=True, log=logs.append)
     assert again.steps_done == 30
     assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
+    from runtime_py.training.trainer import pack_checkpoint
+
+    model = build_model("tiny", seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 3, 128, 128), torch.zeros(1, 1, 128, 128), torch.ones(1, 1, 128, 128)).mean().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "run", model, optimizer, {"step": 3, "history": [], "config": {"crop": 64}})
+    packed = pack_checkpoint(tmp_path / "run", tmp_path / "packed")
+    assert (packed / "checkpoint.safetensors").stat().st_size < (tmp_path / "run" / "checkpoint.safetensors").stat().st_size / 4
+    assert "optimizer" not in json.loads((packed / "checkpoint.json").read_text())
+    fresh = build_model("tiny", seed=2)
+    assert load_checkpoint(packed, fresh)["step"] == 3
+    for (name, p), q in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(p.half().float(), q), name  # exactly the fp16 rounding, nothing else
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        pack_checkpoint(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_model_overrides_change_the_trained_configuration():
+    from runtime_py.training.trainer import model_config_of
+
+    base = TrainConfig(pool_files=["x"], run_dir="r", model_config="tiny")
+    assert model_config_of(base).latent_channels == 4
+    wide = TrainConfig(pool_files=["x"], run_dir="r", model_config="tiny", model_overrides={"latent_channels": 8})
+    assert model_config_of(wide).latent_channels == 8 and model_config_of(wide).tile == 128
+    with pytest.raises(TrainingError, match="bad model override"):
+        model_config_of(TrainConfig(pool_files=["x"], run_dir="r", model_config="tiny", model_overrides={"nope": 1}))
+
+
+def test_cli_parses_overrides_and_pool_shards():
+    from export.train_default import parse_overrides, pool_specs
+
+    assert parse_overrides(["latent_channels=16", "vae_block_out_channels=[8,16]"]) == {
+        "latent_channels": 16, "vae_block_out_channels": (8, 16)}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["not_a_field=3"])
+    specs = pool_specs(250, 64, 100)
+    assert [(s.first_seed, s.count) for s in specs] == [(0, 100), (100, 100), (200, 50)]
+    with pytest.raises(SystemExit):
+        pool_specs(0, 64, 100)
+
+
+def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
+    from runtime_py.training.data import build_scene_pool_shards
+
+    specs = [PoolSpec(0, 2, 64), PoolSpec(2, 2, 64)]
+    paths = build_scene_pool_shards(specs, tmp_path / "par", workers=2)
+    serial = build_scene_pool(specs[1], tmp_path / "one.npz", log_every=0)
+    assert np.array_equal(load_scene_pool(paths[1])["teachers"], load_scene_pool(serial)["teachers"])
+    mtime = paths[0].stat().st_mtime_ns
+    build_scene_pool_shards(specs, tmp_path / "par", workers=2)  # present shards are kept, not rebuilt
+    assert paths[0].stat().st_mtime_ns == mtime
