@@ -29,7 +29,7 @@ from ..model import MagicBokeh, MagicBokehConfig, get_config
 from ..model.magicbokeh import TileStages
 from ..model.unet import build_unet, unet_forward
 from ..model.vae import build_vae
-from .sampling import decode_unclamped, sample_latent
+from ..model.sampling import decode_unclamped, sample_latent
 
 ARCHITECTURES = ("magicbokeh", "folded")
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..model import MagicBokehConfig
 from .data import TileBatch
-from .sampling import RENOISE_MODES, draw_noises, sample_latent
+from ..model.sampling import RENOISE_MODES, draw_noises, sample_latent
 
 
 @dataclass

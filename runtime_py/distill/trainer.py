@@ -30,7 +30,7 @@ from torch import nn
 from ..atomic import atomic_path, write_json, write_text
 from .data import TileBatch, TileSource
 from .losses import FeatureTaps, LossWeights, build_adapters, default_tap_names, feature_loss, output_losses, weighted_total
-from .sampling import RENOISE_MODES, decode_unclamped, draw_noises, sample_latent
+from ..model.sampling import RENOISE_MODES, decode_unclamped, draw_noises, sample_latent
 from .students import architecture_of, check_compatible, save_student
 from .teachers import Teacher, TeacherOutput
 

@@ -122,20 +122,9 @@ class MagicBokeh(TileStages, nn.Module):
         With ``num_steps=1`` this is exactly :meth:`forward`. The injector and UNet take the
         timestep, so later steps see the timestep they are run at.
         """
-        if num_steps < 1:
-            raise ValueError("num_steps must be >= 1")
-        z = self.encode(rgb)
-        x0 = self.denoise(z, defocus, in_focus)
-        if num_steps > 1:
-            sched = make_scheduler(self.config)
-            steps = torch.linspace(self.config.timestep, 0, num_steps + 1)[1:-1].round().long().tolist()
-            for t in steps:
-                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-                a = float(sched.alphas_cumprod[t])
-                z_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
-                eps = self.predict_noise(z_t, defocus, in_focus, timestep=float(t))
-                x0 = (z_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        return self.decode(x0)
+        from .sampling import sample_latent
+
+        return self.decode(sample_latent(self, self.encode(rgb), defocus, in_focus, num_steps, generator=generator))
 
 
 def build_model(config: MagicBokehConfig | str = "small", seed: int | None = 0) -> MagicBokeh:

@@ -24,7 +24,7 @@ from runtime_py.distill import (
 )
 from runtime_py.distill.cost import build_on_meta
 from runtime_py.distill.losses import FeatureTaps, build_adapters, feature_loss
-from runtime_py.distill.sampling import sampling_timesteps
+from runtime_py.model.sampling import sampling_timesteps
 from runtime_py.model import build_model, get_config
 
 TINY = get_config("tiny")

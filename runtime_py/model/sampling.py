@@ -1,9 +1,7 @@
-"""Differentiable N-step sampling shared by teachers and students.
+"""N-step sampling, written once for any model with ``encode / denoise / predict_noise``.
 
-``MagicBokeh.sample`` is the reference N-step sampler but runs under ``no_grad`` and decodes; a
-step student must be trained *through* its k steps, so the same schedule is written here once
-for any model that has ``predict_noise`` (the reference model and the folded student alike).
-A test checks that it reproduces ``MagicBokeh.sample`` exactly.
+``MagicBokeh.sample`` (the reference multi-step teacher) and the distillation students both run
+:func:`sample_latent`; it keeps gradients, because a step student is trained *through* its k steps.
 
 Two ways to re-noise between steps:
 
@@ -22,8 +20,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..model import MagicBokehConfig, make_scheduler
-from ..model.vae import decode as vae_decode
+from .config import MagicBokehConfig
+from .magicbokeh import make_scheduler
+from .vae import decode as vae_decode
 
 
 RENOISE_MODES = ("random", "ddim")
@@ -32,7 +31,7 @@ RENOISE_MODES = ("random", "ddim")
 def sampling_timesteps(config: MagicBokehConfig, num_steps: int) -> list[int]:
     """Timesteps the sampler runs the denoiser at: ``[999, ...]`` with ``num_steps`` entries.
 
-    Same rule as ``MagicBokeh.sample``: the first step is the one-step timestep, later steps
+    The first step is the one-step timestep, later steps
     re-noise to evenly spaced (rounded) timesteps between it and 0.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -66,7 +65,7 @@ def sample_latent(
     """N-step x0 prediction from an encoded tile, with gradients.
 
     With ``renoise="random"``, ``noises`` (N - 1 tensors) fixes the re-noising draws; otherwise
-    they are drawn from ``generator`` exactly as ``MagicBokeh.sample`` draws them. With
+    they are drawn from ``generator``, one tensor per later step, in order. With
     ``renoise="ddim"`` neither is used.
     """
     if renoise not in RENOISE_MODES:
