@@ -25,7 +25,7 @@ DEFAULT_MIN_PSNR = {"xnnpack-fp32": 60.0}
 
 def build_parser() -> argparse.ArgumentParser:
     from export.executorch_lowering import LOWERING_RECIPES
-    from runtime_py.model.config import CONFIGS
+    from runtime_py.checkpoints.weight_args import add_weight_arguments
 
     p = argparse.ArgumentParser(prog="python export/to_executorch.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("artifacts"),
@@ -35,11 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", nargs="+", default=list(DEFAULT_COMPONENTS),
                    choices=["encoder", "denoiser", "decoder", "depth"], help="components to lower")
     w = p.add_argument_group("weights (default: the built-in model)")
-    w.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (with --lora)")
-    w.add_argument("--lora", type=Path, help="MagicBokeh lora.pkl (with --sd21)")
-    w.add_argument("--checkpoint", type=Path, help="a converted MagicBokeh checkpoint")
+    add_weight_arguments(w)
     w.add_argument("--depth-checkpoint", type=Path, help="Depth Anything V2 weights for the depth component")
-    w.add_argument("--config", choices=sorted(CONFIGS), default=None, help="model size (default: small / the checkpoint's)")
     p.add_argument("--focus", choices=["bias", "split"], default=None,
                    help="focus-attention realisation (default: chosen per target in export/prepare.py)")
     p.add_argument("--no-rewrites", action="store_true", help="export group/layer norm and attention untouched")
@@ -58,25 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_torch_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The fp32 model and its provenance label, from the flags (the built-in model by default)."""
-    if (args.sd21 is None) != (args.lora is None):
-        raise SystemExit("error: --sd21 and --lora go together")
-    if args.checkpoint is not None and args.sd21 is not None:
-        raise SystemExit("error: give --checkpoint or --sd21/--lora, not both")
-    if args.checkpoint is None and args.sd21 is None:
-        from runtime_py.default_model import load_default_model
+    from runtime_py.checkpoints.weight_args import WeightArgumentError, load_weights
 
-        return load_default_model(args.config)
-    from runtime_py.checkpoints import load_model
-
-    for path in (args.sd21, args.lora, args.checkpoint):
-        if path is not None and not path.exists():
-            raise SystemExit(f"error: weights not found: {path}")
-    kwargs = {"sd21": args.sd21, "lora": args.lora, "checkpoint": args.checkpoint}
-    if args.config is not None:
-        kwargs["config"] = args.config
-    model = load_model(**kwargs)
-    sources = {k: str(v) for k, v in kwargs.items() if isinstance(v, Path)}
-    return model, {"kind": "checkpoint", "config": model.config.name, **sources}
+    try:
+        return load_weights(args)
+    except WeightArgumentError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def component_set(model: Any, names: Sequence[str], depth_checkpoint: Path | None) -> dict[str, Any]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+
 
 EXIT_THRESHOLD_MISSED = 1
 EXIT_USAGE = 2
 
 
 def add_parity_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .model.config import CONFIGS
+    from .checkpoints.weight_args import add_weight_arguments
 
     p = subparsers.add_parser("parity", help="compare exported artifacts with the fp32 torch reference",
                               description=__doc__.split("\n\n")[0])
@@ -27,10 +27,7 @@ def add_parity_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--backend", default=None, help="backend that runs the artifacts (default: the manifest's)")
     p.add_argument("--components", nargs="+", default=None, help="components to compare (default: all the artifacts hold)")
     w = p.add_argument_group("reference weights (default: the built-in model)")
-    w.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (with --lora)")
-    w.add_argument("--lora", type=Path, help="MagicBokeh lora.pkl (with --sd21)")
-    w.add_argument("--checkpoint", type=Path, help="a converted MagicBokeh checkpoint")
-    w.add_argument("--config", choices=sorted(CONFIGS), default=None, help="built-in model size (default: the manifest's)")
+    add_weight_arguments(w, config_help="built-in model size (default: the manifest's); a guard for --checkpoint")
     s = p.add_argument_group("inputs")
     s.add_argument("--num-scenes", type=int, default=2, help="generated scenes (default 2)")
     s.add_argument("--images", type=Path, default=None,
@@ -52,37 +49,13 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _reference_model(args: argparse.Namespace, manifest_config: str) -> tuple[Any, dict[str, Any]]:
-    if (args.sd21 is None) != (args.lora is None):
-        raise ValueError("--sd21 and --lora go together (the base model folder and the MagicBokeh lora.pkl)")
-    if args.checkpoint is not None and args.sd21 is not None:
-        raise ValueError("give --checkpoint or --sd21/--lora, not both")
-    if args.checkpoint is None and args.sd21 is None:
-        from .default_model import load_default_model
-        from .model.config import CONFIGS
-
-        name = args.config or manifest_config
-        if name not in CONFIGS:
-            raise ValueError(f"the artifacts were exported from config {name!r}, which is not built in: pass --checkpoint")
-        return load_default_model(name)
-    from .checkpoints import load_model
-
-    for path in (args.sd21, args.lora, args.checkpoint):
-        if path is not None and not path.exists():
-            raise ValueError(f"weights not found: {path}")
-    kwargs = {"sd21": args.sd21, "lora": args.lora, "checkpoint": args.checkpoint}
-    if args.config is not None:
-        kwargs["config"] = args.config
-    model = load_model(**kwargs)
-    return model, {"kind": "checkpoint", **{k: str(v) for k, v in kwargs.items() if isinstance(v, Path)}}
-
-
 def run_parity_command(args: argparse.Namespace) -> int:
     import torch
 
     from .backends import BackendUnavailableError, get_backend
     from .backends.torch_backend import TorchBackend
     from .checkpoints import weights_sha256
+    from .checkpoints.weight_args import load_weights
     from .components import tile_components
     from .images import InputError
     from .manifest import ManifestError, check_matches, read_manifest
@@ -95,7 +68,7 @@ def run_parity_command(args: argparse.Namespace) -> int:
         return _usage_error("--num-scenes must be >= 0")
     try:
         manifest = read_manifest(args.artifacts)
-        model, label = _reference_model(args, manifest.config.get("name", ""))
+        model, label = load_weights(args, default_config=manifest.config.get("name") or None)
         names = tuple(args.components) if args.components else tuple(manifest.components)
         check_matches(manifest, config=model.config, weights_sha256=weights_sha256(model), components=names)
         backend_name = args.backend or manifest.backend

@@ -29,9 +29,10 @@ import numpy as np
 
 from .atomic import write_bytes, write_json
 from .backends.base import ComponentFn
+from .checkpoints.weight_args import WeightArgumentError, add_weight_arguments, load_weights, uses_checkpoint
 from .cli import CLIError
 from .images import InputError, load_depth, load_image, load_mask, parse_point, validate_focus_value
-from .model.config import CONFIGS, MagicBokehConfig, get_config
+from .model.config import MagicBokehConfig, get_config
 from .pipeline import FocusMask, FocusPoint, FocusSpec, FocusValue, RenderResult, render_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -66,15 +67,12 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--K", type=int, default=DEFAULT_K, help=f"aperture strength, integer 1..32 (default {DEFAULT_K})")
 
     weights = parser.add_argument_group("weights (default: the built-in model)")
-    weights.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (diffusers layout)")
-    weights.add_argument("--lora", type=Path, help="MagicBokeh lora.pkl (with --sd21)")
-    weights.add_argument("--checkpoint", type=Path, help="a single converted MagicBokeh checkpoint file")
+    add_weight_arguments(weights, config_help="advanced: model configuration (tile size) for the built-in model "
+                                              "or the artifacts; a guard for --checkpoint")
 
     run = parser.add_argument_group("runtime")
     run.add_argument("--backend", default="torch", help="backend that runs the model (default: torch)")
     run.add_argument("--artifacts", type=Path, help="exported artifacts folder (backends other than torch)")
-    run.add_argument("--config", choices=sorted(CONFIGS), default=None,
-                     help="advanced: model configuration (tile size) for the built-in model or artifacts")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar over tiles")
     parser.set_defaults(handler=run_render)
@@ -178,37 +176,10 @@ class LoadedModel:
 
 
 def _torch_model(args: argparse.Namespace):
-    if (args.sd21 is None) != (args.lora is None):
-        raise CLIError("--sd21 and --lora go together (the base model folder and the MagicBokeh lora.pkl)")
-    if args.checkpoint is not None and args.sd21 is not None:
-        raise CLIError("give --checkpoint or --sd21/--lora, not both")
-    if args.checkpoint is None and args.sd21 is None:
-        from .default_model import load_default_model
-
-        return load_default_model(args.config)
     try:
-        from .checkpoints import load_model
-    except ImportError:
-        raise CLIError("loading checkpoints is not available in this build (runtime_py.checkpoints.load_model "
-                       "is missing)") from None
-    kwargs: dict[str, Any] = {"sd21": args.sd21, "lora": args.lora, "checkpoint": args.checkpoint}
-    if args.config is not None:
-        kwargs["config"] = args.config
-    for path in (args.sd21, args.lora, args.checkpoint):
-        if path is not None and not path.exists():
-            raise CLIError(f"weights not found: {path}")
-    try:
-        model = load_model(**kwargs)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CLIError(f"cannot load the MagicBokeh weights: {exc}") from None
-    sources = {k: str(v) for k, v in kwargs.items() if isinstance(v, Path)}
-    label = {
-        "kind": "checkpoint",
-        "description": "MagicBokeh weights loaded from " + ", ".join(f"{k}={v}" for k, v in sources.items()),
-        "config": model.config.name,
-        **sources,
-    }
-    return model, label
+        return load_weights(args)
+    except WeightArgumentError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _artifacts_manifest(artifacts: Path):
@@ -234,7 +205,7 @@ def load_for_render(args: argparse.Namespace) -> LoadedModel:
         components = get_backend("torch").load(tile_components(model))
         return LoadedModel(components, model.config, label, "torch")
 
-    if args.sd21 is not None or args.lora is not None or args.checkpoint is not None:
+    if uses_checkpoint(args):
         raise CLIError(f"--sd21/--lora/--checkpoint load torch weights; the {args.backend} backend runs exported "
                        f"--artifacts")
     if args.artifacts is None:
