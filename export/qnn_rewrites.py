@@ -21,6 +21,15 @@ single patterns (see the report of ``export.to_qnn``). Three things needed a cha
 
 GroupNorm (exported as Reshape + InstanceNormalization + Reshape + Mul + Add), LayerNorm, Gelu,
 Softmax, MatMul/Gemm, Resize with static scales and Concat all ran on the HTP unchanged.
+
+The depth component (Depth Anything V2: DINOv2 ViT + DPT head) needed no rewrite of its own
+beyond the two above. Its one piece of shape-dependent arithmetic, the bicubic position-embedding
+resize, is done before export (``runtime_py.model.depth.StaticDepthAnything`` stores the embedding
+for the static grid as a constant), and after folding its graph holds LayerNormalization, Gelu
+(exact, opset 20+), MatMul/Gemm + Softmax attention, ConvTranspose (the DPT reassemble's 4x and
+2x up-projections), and Resize in linear/align_corners mode with static scales (the DPT fusion
+and head up-sampling); W8A16 QDQ of all of these compiled on the HTP of onnxruntime-qnn 2.7 (v73,
+v75, v79) with CPU fallback disabled, at 70 px and at the default 518 px input.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """Export MagicBokeh's tile components for Qualcomm's Hexagon NPU (QNN HTP) through ONNX Runtime.
 
-    python export/to_qnn.py                                  # built-in default model, W8A16, SM8650
+    python export/to_qnn.py                                  # built-in default model (all four components), W8A16, SM8650
     python export/to_qnn.py --precision w8a8 --soc SM8550,SM8650,SM8750
     python export/to_qnn.py --sd21 DIR --lora lora.pkl       # the published weights
     python export/to_qnn.py --checkpoint magicbokeh.safetensors --override denoiser:/conv_out/Conv_output_0=16
     python export/to_qnn.py --hub --hub-device "Samsung Galaxy S24 (Family)"
+
+Components: encoder, denoiser, decoder (per 512-px tile) and depth (Depth Anything V2 at the
+config's static ``depth_input``; the built-in model's depth network has seeded random weights
+unless --depth-checkpoint names the user's Depth Anything V2 checkpoint).
 
 Writes OUT/<component>.fp32.onnx, OUT/<component>.<precision>.onnx (QDQ), one
 OUT/<component>.<precision>.<SoC>.ctx.onnx per SoC (EPContext, precompiled for the HTP),
@@ -27,14 +31,14 @@ from export.qnn_lowering import QNN_RECIPES, QnnOptions, export_qnn, summary_row
 from quantize.recipes import CalibrationSpec  # noqa: E402
 from runtime_py.backends.onnxruntime_backend import DEFAULT_SOC, SOCS  # noqa: E402
 
-COMPONENTS = ("encoder", "denoiser", "decoder")
+COMPONENTS = ("encoder", "denoiser", "decoder", "depth")
 SOC_HELP = ", ".join(f"{key} = {value['name']}" for key, value in SOCS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="to_qnn.py",
-        description="Export MagicBokeh's encoder, denoiser and decoder to ONNX, quantize them to QDQ for the "
+        description="Export MagicBokeh's encoder, denoiser, decoder and depth model to ONNX, quantize them to QDQ for the "
                     "Hexagon NPU, check that each runs entirely on the QNN HTP with CPU fallback disabled, and "
                     "write precompiled context binaries and a parity report.",
     )
@@ -45,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--config", default=None,
                          help="model configuration (shapes for --sd21, guard for --checkpoint, or the built-in "
                               "default model's size: small (default) or tiny)")
+    weights.add_argument("--depth-checkpoint", type=Path, default=None,
+                         help="Depth Anything V2 checkpoint for the depth component (default: the config's depth "
+                              "size with seeded random weights, the toolkit ships no depth weights)")
     parser.add_argument("--precision", choices=QNN_RECIPES, default="w8a16",
                         help="w8a16: int8 weights, 16-bit activations (default, Qualcomm's choice for diffusion); "
                              "w8a8: 8-bit activations (the denoiser's x0 step stays 16-bit)")
@@ -57,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-scenes", type=int, default=4, help="generated scenes for calibration (default 4)")
     parser.add_argument("--calibration-tiles", type=int, default=4,
                         help="tiles per calibration image (default 4; 0 = all)")
+    parser.add_argument("--depth-calibration-images", type=int, default=16,
+                        help="generated photos that calibrate the depth component (default 16: one photo is one "
+                             "depth input, and fewer did not generalise to held-out photos)")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of your own photos (with depth maps and masks) to calibrate on as well")
     parser.add_argument("--override", action="append", default=[], metavar="COMPONENT:TENSOR=BITS",
@@ -64,12 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-contexts", action="store_true", help="skip the context binaries (and the HTP check)")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity report")
     parser.add_argument("--parity-scenes", type=int, default=1, help="generated scenes for the parity report (default 1)")
+    parser.add_argument("--parity-tiles", type=int, default=4,
+                        help="at most this many tiles per scene for the per-component figures (default 4; each one "
+                             "runs on the simulated HTP, which takes seconds to minutes per tile on x86)")
+    parser.add_argument("--parity-scene-size", type=parse_scene_size, default=None, metavar="PX|tile",
+                        help="side of the generated parity scenes in px, or 'tile' for one-tile scenes (the "
+                             "cheapest end-to-end figure on the simulator; default 1.5 tiles: 4 overlapping tiles)")
     hub = parser.add_argument_group("Qualcomm AI Hub (needs an API token and network)")
     hub.add_argument("--hub", action="store_true", help="compile, profile and run on AI Hub devices; merge the results")
     hub.add_argument("--hub-device", action="append", default=None,
                      help="AI Hub device name (repeatable; default Samsung Galaxy S24 and S25)")
     hub.add_argument("--hub-token", default=None, help="API token (default: ~/.qai_hub/client.ini or QAI_HUB_API_TOKEN)")
     return parser
+
+
+def parse_scene_size(value: str) -> int | str:
+    """``--parity-scene-size``: a positive pixel count or the word ``tile``."""
+    if value.strip().lower() == "tile":
+        return "tile"
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'tile', got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"the parity scene size must be >= 1 px, got {size}")
+    return size
 
 
 def parse_overrides(values: Sequence[str]) -> dict[str, dict[str, list[dict]]]:
@@ -86,10 +115,14 @@ def parse_overrides(values: Sequence[str]) -> dict[str, dict[str, list[dict]]]:
     return {component: to_entries(tensors) for component, tensors in out.items()}
 
 
-def load_components(args: argparse.Namespace):
-    """(tile components, config dict, weights sha256, label) for the requested weights."""
+def load_components(args: argparse.Namespace, names: Sequence[str] = COMPONENTS):
+    """(components, config dict, weights sha256, label) for the requested weights.
+
+    The depth component is built only when asked for: a published-size depth network is large,
+    and the tile components never need it.
+    """
     from runtime_py.checkpoints import weights_sha256
-    from runtime_py.components import tile_components
+    from runtime_py.components import depth_component, tile_components
 
     if args.sd21 or args.lora or args.checkpoint:
         from runtime_py.checkpoints import load_model
@@ -100,7 +133,18 @@ def load_components(args: argparse.Namespace):
         from runtime_py.default_model import load_default_model
 
         model, label = load_default_model(args.config)
-    return tile_components(model), model.config.to_dict(), weights_sha256(model), label
+    components = dict(tile_components(model))
+    if "depth" in names:
+        if args.depth_checkpoint is not None:
+            from runtime_py.checkpoints.depth_anything import load_depth_anything
+
+            depth_model = load_depth_anything(args.depth_checkpoint)
+        else:
+            from runtime_py.model.depth import build_depth_model
+
+            depth_model = build_depth_model(model.config.depth_size)
+        components["depth"] = depth_component(depth_model.eval(), model.config)
+    return components, model.config.to_dict(), weights_sha256(model), label
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,8 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     socs = tuple(SOCS) if args.soc.strip().lower() == "all" else tuple(s.strip().upper() for s in args.soc.split(",") if s.strip())
     if not socs or any(s not in SOCS for s in socs):
         parser.error(f"--soc must name some of {','.join(SOCS)} or 'all'")
-    if args.calibration_scenes < 1 or args.calibration_tiles < 0 or args.parity_scenes < 1:
-        parser.error("--calibration-scenes and --parity-scenes must be >= 1, --calibration-tiles >= 0")
+    if args.calibration_scenes < 1 or args.calibration_tiles < 0 or args.parity_scenes < 1 or args.parity_tiles < 1:
+        parser.error("--calibration-scenes, --parity-scenes and --parity-tiles must be >= 1, --calibration-tiles >= 0")
+    if args.depth_calibration_images < 1:
+        parser.error("--depth-calibration-images must be >= 1")
+    if args.depth_checkpoint is not None and "depth" not in names:
+        parser.error("--depth-checkpoint needs the depth component in --components")
     try:
         overrides = parse_overrides(args.override)
     except ValueError as exc:
@@ -126,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images_dir=str(args.images) if args.images else None,
         overrides=overrides,
         contexts=not args.no_contexts,
+        depth_calibration_images=args.depth_calibration_images,
     )
     if args.hub:  # fail before the long export when AI Hub cannot be used
         from export.qai_hub_jobs import HubUnavailableError, connect
@@ -138,10 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("artifacts") / f"qnn-{args.precision}"
     started = time.perf_counter()
     try:
-        components, config, digest, label = load_components(args)
+        components, config, digest, label = load_components(args, names)
         result = export_qnn(components, out, options=options, names=names, config=config, weights_sha256=digest,
                             model_label=label, parity=not args.no_parity and not args.no_contexts,
-                            parity_scenes=args.parity_scenes)
+                            parity_scenes=args.parity_scenes, parity_max_tiles=args.parity_tiles,
+                            parity_scene_size=config["tile"] if args.parity_scene_size == "tile" else args.parity_scene_size)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"to_qnn: error: {exc}", file=sys.stderr)
         return 2
@@ -154,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if index == 0:
             print("  ".join("-" * w for w in widths))
     print("\nquant PSNR: QDQ on the CPU vs fp32 torch; HTP PSNR: HTP vs QDQ on the CPU (dB, pooled over tiles)")
+    if result.parity:
+        info = result.parity.get("backend", {}).get("meta", {})
+        print(f"HTP parity: {info.get('htp_calls', {})} simulated HTP runs per component, "
+              f"{info.get('htp_seconds', 0.0):.0f} s on the simulator (parity step {info.get('parity_seconds', 0.0):.0f} s)")
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s (peak memory {result.peak_rss_mib:.0f} MiB)")
     if args.hub:
         return run_hub_step(args, out, components, names)

@@ -209,6 +209,7 @@ def run_parity(
     thresholds: ParityThresholds | None = None,
     progress: bool = False,
     meta: _Mapping[str, _Any] | None = None,
+    input_fns: _Mapping[str, _Callable[..., np.ndarray]] | None = None,
 ) -> ParityResult:
     """Compare ``test_fns`` with ``reference_fns`` (both: name -> numpy callable) on real samples.
 
@@ -218,6 +219,11 @@ def run_parity(
     sample through each backend with the whole-image pipeline and compares the final 8-bit photos
     (PSNR with ``max|ref|`` as peak, SSIM with data range 255) and the blended output before the
     colour fix.
+
+    ``input_fns`` (default: ``reference_fns``) is the chain whose stage outputs feed each tile
+    component; when it is not the reference, the reference is run on those same inputs too. Why:
+    comparing two backends on another chain's inputs (e.g. CPU QDQ vs NPU both on the fp32
+    chain's latents) lets every comparison of a split report share one set of slow NPU runs.
     """
     from .model.config import get_config
     from .pipeline import TILE_COMPONENT_NAMES, render_image
@@ -249,12 +255,13 @@ def run_parity(
             label = f"{record.sample}#tile{record.box.index}"
             for name in tile_names:
                 out = np.asarray(test_fns[name](*record.inputs(name)), dtype=np.float32)
-                pools[name].add(record.output(name), out, label,
-                                in_focus_fraction=record.extra.get("in_focus_fraction"))
+                ref = record.output(name) if input_fns is None else reference_fns[name](*record.inputs(name))
+                pools[name].add(ref, out, label, in_focus_fraction=record.extra.get("in_focus_fraction"))
             say(f"  tile {label}: " + ", ".join(f"{n} {pools[n].items[-1]['psnr_db']:.1f} dB" for n in tile_names),
                 flush=True)
 
-        tile_records(reference_fns, samples, config, max_tiles_per_image=max_tiles_per_image, on_tile=on_tile)
+        tile_records(reference_fns if input_fns is None else input_fns, samples, config,
+                     max_tiles_per_image=max_tiles_per_image, on_tile=on_tile)
         timings["components"] = _time.perf_counter() - start
     if "depth" in names:
         for label, rgb in depth_inputs(samples, config.depth_input):
@@ -384,14 +391,19 @@ def run_split_parity(
     meta: _Mapping[str, _Any] | None = None,
 ) -> dict[str, ParityResult]:
     """``{"quantization": ref vs cpu, "backend": cpu vs device, "total": ref vs device}``, each a
-    :class:`ParityResult` from :func:`run_parity` on the same samples."""
+    :class:`ParityResult` from :func:`run_parity` on the same samples.
+
+    Every part's tile components see the fp32 reference chain's stage inputs, so with memoised
+    callables the device runs each component input once for "backend" and "total" together.
+    """
     common = dict(config=config, max_tiles_per_image=max_tiles_per_image, end_to_end=end_to_end)
     meta = dict(meta or {})
     results = {
         "quantization": run_parity(reference_fns, cpu_fns, samples, thresholds=quantization_thresholds,
                                    meta=meta | {"reference": "fp32", "tested": "quantized on CPU"}, **common),
-        "backend": run_parity(cpu_fns, device_fns, samples, thresholds=backend_thresholds,
-                              meta=meta | {"reference": "quantized on CPU", "tested": "accelerator"}, **common),
+        "backend": run_parity(cpu_fns, device_fns, samples, thresholds=backend_thresholds, input_fns=reference_fns,
+                              meta=meta | {"reference": "quantized on CPU", "tested": "accelerator",
+                                           "tile_inputs": "fp32 reference chain"}, **common),
     }
     if total:
         results["total"] = run_parity(reference_fns, device_fns, samples,

@@ -48,3 +48,23 @@ def test_unknown_target_is_refused(capsys) -> None:
     assert main(["--targets", "nope", "--no-render", "--out", "/nonexistent/never-written"]) == 2
     assert "unknown targets" in capsys.readouterr().err
     assert build_parser().parse_args([]).photo_size == "640x1024"
+
+
+def test_qnn_target_keeps_the_simulated_htp_parity_small(tmp_path: Path) -> None:
+    qnn = next(t for t in default_targets(tmp_path, None) if t.name == "qnn-w8a16")
+    args = qnn.args
+    assert args[args.index("--parity-tiles") + 1] == "1" and args[args.index("--parity-scene-size") + 1] == "tile"
+
+
+def test_summary_shows_a_split_reports_total_and_htp_work(tmp_path: Path) -> None:
+    targets = [t for t in default_targets(tmp_path, None) if t.name == "qnn-w8a16"]
+    folder = tmp_path / targets[0].folder
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"components": {}}))
+    part = lambda psnr: {"components": {"depth": {"psnr_db": psnr}}, "end_to_end": {"psnr_db": psnr, "ssim": 0.99},  # noqa: E731
+                         "meta": {"htp_calls": {"depth": 1}, "htp_seconds": 21.7, "scene_size": 512, "max_tiles_per_image": 1}}
+    (folder / "parity.json").write_text(json.dumps({"split": ["quantization", "backend", "total"],
+                                                    "quantization": part(40.0), "backend": part(70.0), "total": part(39.5)}))
+    md = summary_markdown(summarise(tmp_path, targets, {targets[0].name: StepResult("q", [], 0, 1.0, "log")}, {}))
+    assert "depth 39.5" in md and "39.5 dB / SSIM 0.9900" in md
+    assert "HTP runs depth 1; 22 s on the simulator" in md and "512-px scene" in md

@@ -1,6 +1,7 @@
 """The QNN export end to end on a micro model: ONNX fidelity, HTP rewrites, W8A16 on the HTP with
-CPU fallback disabled for all three tile components, EPContext models, and a photo rendered
-through the ``qnn-htp`` backend."""
+CPU fallback disabled for all four components (the three tile components and Depth Anything V2
+depth), EPContext models, depth parity, and a photo rendered through the ``qnn-htp`` backend with
+its depth map computed on the HTP too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from export.qnn_rewrites import HtpRewriteError, bias_add_to_sub, check_static_g
 from quantize.recipes import CalibrationSpec
 from runtime_py.backends import get_backend
 from runtime_py.backends.torch_backend import wrap_component
-from runtime_py.components import tile_components
+from runtime_py.components import depth_component, tile_components
 from runtime_py.manifest import read_manifest
 from runtime_py.model import build_model
 from runtime_py.model.config import CONFIGS
@@ -28,6 +29,10 @@ from runtime_py.parity import psnr
 # the nodes, so that exporting, quantizing and compiling all three components fits a CI test.
 MICRO = CONFIGS["tiny"].replace(name="micro", tile=64, stride=32, layers_per_block=1)
 NAMES = ("encoder", "denoiser", "decoder")
+# The depth component at the tiny config's 70-px input (a 5 x 5 patch grid): the same ViT + DPT
+# graph as the default model's 518-px one (LayerNorm, GELU, softmax attention, ConvTranspose,
+# align-corners bilinear Resize), small enough to quantize and simulate in about a second.
+ALL_NAMES = (*NAMES, "depth")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def components(model):
-    return tile_components(model)
+    from runtime_py.model.depth import build_depth_model
+
+    return {**tile_components(model), "depth": depth_component(build_depth_model(MICRO.depth_size), MICRO)}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,8 @@ def test_every_component_compiled_for_the_htp_with_cpu_fallback_disabled(artifac
     # is the proof that the session was created.
     manifest = read_manifest(artifacts)
     assert manifest.backend == "qnn" and manifest.precision == "w8a16"
-    for name in NAMES:
+    assert set(manifest.components) == set(ALL_NAMES)
+    for name in ALL_NAMES:
         entry = manifest.components[name]
         assert entry.extra["runs_entirely_on_htp"] is True
         ctx = onnx.load(str(artifacts / entry.extra["context_files"]["SM8650"]), load_external_data=False)
@@ -68,7 +76,7 @@ def test_every_component_compiled_for_the_htp_with_cpu_fallback_disabled(artifac
 
 def test_onnx_export_matches_torch(artifacts: Path, components) -> None:
     fp32 = get_backend("onnxruntime-fp32").load(artifacts)
-    for name in NAMES:
+    for name in ALL_NAMES:
         inputs = [t.numpy() for t in components[name].example_inputs(seed=3)]
         reference = wrap_component(components[name])(*inputs)
         # fp32 ONNX (after folding and Add->Sub rewrites) vs eager torch: only float rounding differs
@@ -81,7 +89,7 @@ def test_htp_runs_every_context_model(artifacts: Path, components) -> None:
     # at a feature-map size where the simulator is exact; at this micro size (8x8 latents) the
     # simulator itself drifts (see export/qnn_rewrites.py), so here: runs, right shape, finite.
     htp = get_backend("qnn-htp").load(artifacts)
-    for name in NAMES:
+    for name in ALL_NAMES:
         inputs = [t.numpy() for t in components[name].example_inputs(seed=4)]
         out = htp[name](*inputs)
         assert out.shape == tuple(components[name].output_specs()[0].shape) and np.isfinite(out).all(), name
@@ -98,6 +106,96 @@ def test_photo_renders_through_the_qnn_htp_backend(artifacts: Path) -> None:
                           K=16, focus=FocusValue(0.5))
     assert result.image.shape == image.shape and result.image.dtype == np.uint8
     assert result.tile_count >= 4
+
+
+def _real_depth_inputs(seed: int) -> list[np.ndarray]:
+    """Host-resized photos of generated scenes: what the depth component gets in use."""
+    from runtime_py.samples import depth_inputs, gather_samples
+
+    samples = gather_samples(MICRO, num_scenes=2, seed=seed, scene_size=96)
+    return [rgb for _, rgb in depth_inputs(samples, MICRO.depth_input)]
+
+
+def test_depth_parity_on_the_htp(artifacts: Path, components) -> None:
+    # Scenes with a seed other than the calibration's (5), so the figure is not measured in-sample.
+    cpu = get_backend("onnxruntime").load(artifacts, ("depth",))["depth"]
+    htp = get_backend("qnn-htp").load(artifacts, ("depth",))["depth"]
+    reference = wrap_component(components["depth"])
+    for rgb in _real_depth_inputs(seed=99):
+        ref, q, h = reference(rgb), cpu(rgb), htp(rgb)
+        assert h.shape == (1, 1, MICRO.depth_input, MICRO.depth_input) and np.isfinite(h).all()
+        # Quantization error: Qualcomm's 30 dB bar for a W8A16 component (measured ~42 dB here).
+        assert psnr(ref, q) >= 30.0
+        # Backend error: the HTP runs the very integer graph the CPU runs; only the simulator's
+        # requantization rounding differs (measured ~58 dB at 70 px, ~77 dB at 518 px). 40 dB is
+        # far below that and far above a broken lowering (wrong layout or op: < 20 dB).
+        assert psnr(q, h) >= 40.0
+        assert float(np.max(np.abs(q - h))) <= 0.05 * float(np.max(np.abs(q)))
+
+
+def test_photo_renders_with_depth_and_tiles_all_on_the_htp(artifacts: Path) -> None:
+    # The whole-image pipeline with no depth map given: the depth component runs on the HTP (host
+    # resize around it), then the tile components; all four on the simulated NPU.
+    from runtime_py.model.depth import estimate_depth_static
+    from runtime_py.pipeline import FocusValue, render_image
+
+    htp = get_backend("qnn-htp").load(artifacts)
+    image = np.random.default_rng(2).integers(0, 256, (80, 72, 3), dtype=np.uint8)
+    depth_fn = lambda img: estimate_depth_static(htp["depth"], img, MICRO.depth_input)  # noqa: E731
+    result = render_image(image, None, components={n: htp[n] for n in NAMES}, config=MICRO, K=16,
+                          focus=FocusValue(0.5), depth_fn=depth_fn)
+    assert result.image.shape == image.shape and result.image.dtype == np.uint8
+    assert "depth" in result.seconds
+
+
+def test_memoised_fn_runs_each_distinct_input_once() -> None:
+    from export.qnn_lowering import MemoisedFn
+
+    seen: list[float] = []
+
+    def double(x: np.ndarray) -> np.ndarray:
+        seen.append(float(x.sum()))
+        return 2 * x
+
+    fn = MemoisedFn(double)
+    a, b = np.ones((2, 2), np.float32), np.zeros((2, 2), np.float32)
+    np.testing.assert_array_equal(fn(a), 2 * a)
+    out = fn(a.copy())  # equal bytes: served from the cache
+    out[...] = 7  # callers get a copy, so this cannot poison the cache
+    np.testing.assert_array_equal(fn(a), 2 * a)
+    fn(b)
+    assert fn.calls == 2 and len(seen) == 2
+
+
+def test_cli_components_include_depth_and_reject_bad_input() -> None:
+    from export.to_qnn import COMPONENTS, main
+
+    assert COMPONENTS == ("encoder", "denoiser", "decoder", "depth")  # no args: all four
+    with pytest.raises(SystemExit):
+        main(["--components", "encoder", "--depth-checkpoint", "depth.safetensors"])
+    with pytest.raises(SystemExit):
+        main(["--components", "depth,ears"])
+    with pytest.raises(SystemExit):
+        main(["--parity-tiles", "0"])
+
+
+@pytest.mark.slow
+def test_default_size_depth_runs_on_the_htp(tmp_path: Path) -> None:
+    """The default model's depth component (518 px, 37 x 37 patches): ~1 min, mostly the simulator."""
+    from runtime_py.model.config import get_config
+    from runtime_py.model.depth import build_depth_model
+
+    small = get_config("small")
+    depth = depth_component(build_depth_model(small.depth_size), small)
+    options = QnnOptions(recipe="w8a16", socs=("SM8650",),
+                         calibration=CalibrationSpec(num_scenes=2, max_tiles_per_image=1, seed=5))
+    result = export_qnn({"depth": depth}, tmp_path / "qnn", options=options, names=["depth"],
+                        config=small.to_dict(), weights_sha256="0" * 64, parity=True, parity_max_tiles=1,
+                        parity_scene_size=small.depth_input, log=lambda *_: None)
+    quant = result.parity["quantization"]["components"]["depth"]
+    backend = result.parity["backend"]["components"]["depth"]
+    assert quant["psnr_db"] >= 30.0 and backend["psnr_db"] >= 40.0  # see test_depth_parity_on_the_htp
+    assert result.parity["backend"]["meta"]["htp_calls"] == {"depth": 1}
 
 
 def _add_graph(bias: np.ndarray) -> onnx.ModelProto:

@@ -180,3 +180,27 @@ def test_cli_refuses_artifacts_of_another_model(tmp_path, capsys):
     assert status == 2
     assert "exported from config 'tiny'" in capsys.readouterr().err
     assert _run_cli(["--artifacts", str(tmp_path / "nowhere")]) == 2
+
+
+def test_split_parity_feeds_every_part_the_reference_chains_inputs(reference, samples):
+    # The device must see each tile-component input once for "backend" and "total" together (the
+    # simulated NPU takes minutes per tile): both parts take their tile inputs from the fp32 chain.
+    from runtime_py.parity import run_split_parity
+
+    seen: dict[str, set[bytes]] = {}
+
+    def recording(fns):
+        def wrap(name, fn):
+            def run(*arrays):
+                seen.setdefault(name, set()).add(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
+                return fn(*arrays)
+            return run
+        return {n: wrap(n, f) for n, f in fns.items()}
+
+    cpu = TorchBackend().load(tile_components(_perturbed(1e-3)))
+    results = run_split_parity(reference, cpu, recording(TorchBackend().load(tile_components(_perturbed(2e-3)))),
+                               samples, config=CONFIG, max_tiles_per_image=1, end_to_end=False)
+    assert set(results) == {"quantization", "backend", "total"}
+    for name in ("encoder", "denoiser", "decoder"):
+        assert len(seen[name]) == 1, name  # one tile, one distinct input across both parts
+        assert math.isfinite(results["backend"].components[name]["psnr_db"])
