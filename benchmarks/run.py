@@ -30,6 +30,10 @@ from benchmarks.latency import BACKEND_RUNS, BASELINE, get_backend_run  # noqa: 
 
 DEFAULT_OUT = Path("outputs") / "benchmark"
 SIMULATED_REPEATS = 2
+#: Calibration (generated scenes, tiles per scene) of the int8 / W8A16 exports: the exporters' own
+#: defaults in a full run, so its int8 parity is the shipped export's; fewer in --quick, for time.
+CALIBRATION_FULL = (4, 4)
+CALIBRATION_QUICK = (1, 2)
 
 
 @dataclass
@@ -128,6 +132,10 @@ def quick_omissions(o: BenchmarkOptions) -> list[dict[str, str]]:
     if "coreml-fp16" not in (o.size_only_targets or ()):
         rows.append({"what": "Core ML fp16 export (size only)",
                      "reason": "not run in --quick (Core ML conversion adds minutes; it cannot be timed off Apple OSes)"})
+    rows.append({"what": "int8 / W8A16 calibration set",
+                 "reason": f"{CALIBRATION_QUICK[0]} scene x {CALIBRATION_QUICK[1]} tiles (full run and the exporters' "
+                           f"default: {CALIBRATION_FULL[0]} x {CALIBRATION_FULL[1]}): quantized parity may be lower "
+                           "than the shipped export's"})
     rows.append({"what": "QNN HTP context binary (precompiled .bin) and its size",
                  "reason": "not run in --quick (compiling it runs the HTP toolchain per component)"})
     if o.plans:
@@ -197,8 +205,10 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                 continue
             log(f"[export] {target}: not reusing {reused}: {problem}")
         log(f"[export] {target} ({o.config}) ...")
+        scenes, tiles = CALIBRATION_QUICK if o.quick else CALIBRATION_FULL
         exports[target] = export_row(target, o.config, work / "artifacts" / target, o.run_timeout_s, o.threads,
-                                     contexts=not o.quick)
+                                     contexts=not o.quick, calibration_scenes=scenes, calibration_tiles=tiles)
+        exports[target]["calibration"] = {"scenes": scenes, "tiles_per_scene": tiles}
         row = exports[target]
         log(f"[export] {target}: {row['status']} in {row['seconds']:.0f} s" + (f": {row['error']}" if row.get("error") else ""))
 
