@@ -39,3 +39,31 @@ def run_full_scale(work: Path, targets: Sequence[str] = FULL_SCALE_TARGETS, time
         log(f"[full scale] {target}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""))
         rows[target] = row
     return {"config": FULL_SCALE_CONFIG, "weights": "seeded random (structural)", "targets": rows}
+
+
+def load_full_scale_results(path: Path | str) -> dict[str, Any]:
+    """A full-scale section measured earlier (``run_full_scale``'s result saved as JSON), for the report.
+
+    An sd21 export takes an hour or more on a CPU, so a benchmark can merge that measurement instead
+    of repeating it; the section keeps its source file so the report says where the figures came from.
+    Raises ``ValueError`` with the reason when the file is not such a result.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--full-scale-results {path}: not a readable JSON file ({exc})") from None
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, dict) or not targets:
+        raise ValueError(f"--full-scale-results {path}: no 'targets' object (expected the JSON of "
+                         "benchmarks.full_scale.run_full_scale)")
+    for target, row in targets.items():
+        if not isinstance(row, dict) or "status" not in row:
+            raise ValueError(f"--full-scale-results {path}: target {target!r} has no 'status'")
+        if row["status"] == "ok" and not isinstance(row.get("sizes"), dict):
+            raise ValueError(f"--full-scale-results {path}: target {target!r} is 'ok' but has no 'sizes'")
+    config = data.get("config", FULL_SCALE_CONFIG)
+    return {**data, "config": config, "targets": targets, "source": str(path.resolve()),
+            "merged": "measured earlier and merged with --full-scale-results, not re-exported in this run"}

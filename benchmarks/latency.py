@@ -118,12 +118,28 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def set_executorch_threads(threads: int | None) -> int | None:
+    """Size ExecuTorch's XNNPACK thread pool; returns its thread count (None: no ExecuTorch runtime).
+
+    The pool ignores ``torch.set_num_threads`` and defaults to every core, so without this an
+    ExecuTorch run would use more threads than the 1-thread torch baseline it is compared with.
+    """
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return None
+    if threads and hasattr(portable_lib, "_unsafe_reset_threadpool"):
+        portable_lib._unsafe_reset_threadpool(int(threads))
+    getter = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    return int(getter()) if getter else None
+
+
 def load_backend(run: BackendRun, config_name: str, artifacts: str | None,
                  threads: int | None = None) -> dict[str, Callable[..., np.ndarray]]:
     """The component callables of one backend run (the torch model is rebuilt from its seed).
 
-    ``threads`` sets torch's and ONNX Runtime's CPU threads; ExecuTorch's XNNPACK thread pool and the
-    HTP simulator keep their own defaults.
+    ``threads`` sets torch's, ONNX Runtime's and ExecuTorch's XNNPACK CPU threads; the HTP simulator
+    keeps its own default.
     """
     from runtime_py.backends import get_backend
 
@@ -144,6 +160,7 @@ def load_backend(run: BackendRun, config_name: str, artifacts: str | None,
         return dict(OnnxRuntimeBackend(model, threads=threads).load(artifacts, TILE_COMPONENTS))
     backend = get_backend(run.backend)
     if run.backend == "executorch":
+        set_executorch_threads(threads)
         return dict(backend.load(artifacts))
     return dict(backend.load(artifacts, TILE_COMPONENTS))
 
@@ -240,6 +257,7 @@ def measure_backend(
         "run": run.to_dict(),
         "load_seconds": load_seconds,
         "threads": threads,
+        "executorch_threads": set_executorch_threads(None) if run.backend == "executorch" else None,
         "tiles_compared": count,
         "components": components,
         "tile_median_s": sum(components[n]["latency"]["median_s"] for n in TILE_COMPONENTS),

@@ -108,7 +108,8 @@ def photo_section(latency: Mapping[str, Any], compute: Mapping[str, Any], defaul
     base_seconds = None
     for label, row in latency["backends"].items():
         if row.get("status") != "measured":
-            rows[label] = {"status": NOT_MEASURED, "reason": row.get("reason"), "precision": row["precision"]}
+            rows[label] = {"status": NOT_MEASURED, "reason": row.get("reason"), "precision": row["precision"],
+                           "tiles": image["tiles"], "flops": image["flops_per_image"]}
             continue
         whole = row.get("whole_image")
         if whole and whole.get("height") == image["height"] and whole.get("width") == image["width"]:
@@ -117,7 +118,8 @@ def photo_section(latency: Mapping[str, Any], compute: Mapping[str, Any], defaul
             seconds = image["tiles"] * row["tile"]["median_s"]
             method = f"derived: {image['tiles']} tiles x measured per-tile median (encoder + denoiser + decoder)"
         rows[label] = {"precision": row["precision"], "host_seconds": seconds, "method": method,
-                       "simulated": row["simulated"]}
+                       "simulated": row["simulated"], "tiles": image["tiles"], "flops": image["flops_per_image"],
+                       "host_gflops_per_s": image["flops_per_image"] / seconds / 1e9 if seconds > 0 else None}
         if label == BASELINE:
             base_seconds = seconds
     for row in rows.values():
@@ -213,6 +215,11 @@ def recommend(plans: Mapping[str, Any], latency: Mapping[str, Any], sizes: Mappi
         psnr_text = "identical to fp32" if best["psnr_db"] is None else f"{best['psnr_db']:.1f} dB vs fp32"
         out["precision_reason"] = (f"{best['label']}: {best['bytes'] / 2**20:.1f} MiB, {psnr_text} "
                                    f"(bar {best['bar_db']:g} dB); smallest eligible of {len(eligible)}")
+        plan = out.get("plan")
+        if plan and best["host_seconds"] is not None:
+            out["photo_host_seconds"] = plan["tiles"] * best["host_seconds"]
+            out["photo_host_seconds_method"] = (f"derived: {plan['tiles']} tiles of the recommended plan x the measured "
+                                                f"{best['label']} per-tile median on this host CPU (not a phone time)")
     else:
         out["precision"] = None
         out["precision_reason"] = "no phone artifact measured in this run met its bar: " + "; ".join(
@@ -251,7 +258,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Mode `{report['mode']}`, model `{report['model']['config']}` ({report['model']['description']}), "
         f"created {report['created']}. Host: {m['platform']}, {m['cpu_count']} CPUs, load average at start "
-        f"{m['load_average_start']}. Warm-up {report['settings']['warmup']}, repeats {report['settings']['repeats']}; "
+        f"{m['load_average_start']}, {report['settings']['threads']} CPU thread(s) per run (torch, ONNX Runtime, "
+        f"XNNPACK). Warm-up {report['settings']['warmup']}, repeats {report['settings']['repeats']}; "
         "latency = median (p90) over the repeats; ratios = figure / torch eager fp32 figure of this same run.",
         "",
     ]
@@ -263,20 +271,39 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"({photo['tiles_per_megapixel']:.2f} per megapixel), **{photo['flops'] / 1e9:.1f} GFLOP** "
         f"({photo['flops_per_megapixel'] / 1e9:.1f} GFLOP per megapixel).",
         "",
-        "| backend | precision | host time (s) | vs baseline | how |",
-        "|---|---|---:|---:|---|",
+        "| backend | precision | tiles | GFLOP | host time (s) | vs baseline | host GFLOP/s | how |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, row in photo["backends"].items():
+        gflop = f"{row['flops'] / 1e9:.1f}" if row.get("flops") is not None else "-"
         if "host_seconds" in row:
             sim = " (SIMULATED)" if row.get("simulated") else ""
-            lines.append(f"| {label}{sim} | {row['precision']} | {row['host_seconds']:.2f} | "
-                         f"{_x(row.get('host_seconds_vs_baseline'))} | {row['method']} |")
+            rate = "-" if row.get("host_gflops_per_s") is None else f"{row['host_gflops_per_s']:.1f}"
+            lines.append(f"| {label}{sim} | {row['precision']} | {row.get('tiles', photo['tiles'])} | {gflop} | "
+                         f"{row['host_seconds']:.2f} | {_x(row.get('host_seconds_vs_baseline'))} | {rate} | {row['method']} |")
         else:
-            lines.append(f"| {label} | {row['precision']} | not measured | - | {row.get('reason')} |")
+            lines.append(f"| {label} | {row['precision']} | {row.get('tiles', photo['tiles'])} | {gflop} | not measured | "
+                         f"- | - | {row.get('reason')} |")
+    lines += ["", "Host time is this machine's CPU (see the header), not a phone; device timings are under Devices.", ""]
     rec = report["recommendation"]
-    lines += ["", "## Recommendation for a phone", "",
-              f"- Plan rule: {rec['plan_rule']}.", f"  - Result: {rec['plan_reason']}.",
-              f"- Precision rule: {rec['precision_rule']}.", f"  - Result: {rec['precision_reason']}.", ""]
+    lines += ["## Recommendation for a phone", ""]
+    if rec.get("plan") and rec.get("precision"):
+        summary = (f"**Recommended: {rec['plan']['label']} plan (tile {rec['plan']['tile']}, stride "
+                   f"{rec['plan']['stride']}, {rec['plan']['tiles']} tiles) with {rec['precision']['label']} "
+                   f"({rec['precision']['precision']})**")
+        if rec.get("photo_host_seconds") is not None:
+            summary += f": {rec['photo_host_seconds']:.2f} s per photo on this host ({rec['photo_host_seconds_method']})"
+        lines += [summary + ".", ""]
+    lines += [f"- Plan rule: {rec['plan_rule']}.", f"  - Result: {rec['plan_reason']}.",
+              f"- Precision rule: {rec['precision_rule']}.", f"  - Result: {rec['precision_reason']}."]
+    for cand in rec.get("precision_candidates", []):
+        lines.append(f"  - {cand['label']}: " + ("eligible" if cand.get("eligible") else "not eligible") +
+                     f" ({cand.get('why')})")
+    lines.append("")
+    if report.get("not_run_in_quick"):
+        lines += ["## Not run in --quick", "", "| what | reason |", "|---|---|"]
+        lines += [f"| {r['what']} | {r['reason']} |" for r in report["not_run_in_quick"]]
+        lines.append("")
     if report["model"].get("kind") == "structural-test":
         lines += ["Note: the model has seeded random weights; parity figures measure numerical agreement of "
                   "backends and plans, not bokeh quality.", ""]
@@ -356,25 +383,31 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                          f"{_db(parity)} | {parity.get('ssim', float('nan')):.4f} |")
         lines.append("")
 
-    lines += ["## Exports (this run)", "",
+    lines += ["## Exports", "",
               "| target | config | status | seconds | peak RSS (MiB) | artifact MiB (all files) | error |",
               "|---|---|---|---:|---:|---:|---|"]
-    for section in (report["exports"], (report.get("full_scale") or {}).get("targets") or {}):
+    merged = " (merged from file)" if (report.get("full_scale") or {}).get("source") else ""
+    for suffix, section in (("", report["exports"]), (merged, (report.get("full_scale") or {}).get("targets") or {})):
         for target, row in section.items():
             total = None
             if row.get("sizes"):
                 total = sum(sum(v for v in c.values() if v) for c in row["sizes"]["components"].values())
             seconds = "reused" if row.get("reused") else f"{row.get('seconds') or 0:.1f}"
-            lines.append(f"| {target} | {row.get('config')} | {row['status']} | {seconds} | "
+            lines.append(f"| {target}{suffix} | {row.get('config')} | {row['status']} | {seconds} | "
                          f"{_mib(row.get('peak_rss_bytes'))} | {_mib(total)} | "
                          f"{(row.get('error') or '').replace('|', '/')[:200]} |")
     fs = report.get("full_scale")
     if not fs or fs.get("status") == NOT_MEASURED:
         lines += ["", f"Full scale (sd21): not measured: {(fs or {}).get('reason', 'not requested')}"]
     else:
+        if fs.get("source"):
+            lines += ["", f"Full scale ({fs.get('config')}, {fs.get('weights', 'weights unknown')}): {fs.get('merged')}; "
+                          f"source `{fs['source']}`" + (f", finished {fs['finished_utc']}" if fs.get("finished_utc") else "") + "."]
         lines += ["", "Full-scale artifact sizes (MiB):", ""]
         for target, row in fs["targets"].items():
-            if row["status"] == "ok":
+            if row["status"] != "ok":
+                lines.append(f"- {target}: {row['status']}: {row.get('error')}")
+            else:
                 parts = ", ".join(f"{c}: " + "/".join(f"{k} {_mib(v)}" for k, v in s.items())
                                   for c, s in row["sizes"]["components"].items())
                 lines.append(f"- {target}: {parts}")

@@ -4,8 +4,12 @@ Exports the default model to every target (through the exporters' library functi
 backend and precision per component (warm-up, repeats, median, p90) against torch eager fp32
 measured in the same run, records artifact sizes and each run's peak memory (every run in its own
 process), counts compute at the default and SD2.1 scale, compares tiling plans, merges device
-results measured elsewhere (AI Hub, a Mac), and optionally exports the SD2.1-scale model. Writes
-``report.json``, ``report.md``, ``latency.png`` and ``size_vs_psnr.png`` into ``--out``.
+results measured elsewhere (AI Hub, a Mac), and optionally exports the SD2.1-scale model (or merges a
+full-scale JSON measured earlier, ``--full-scale-results``). Writes ``report.json``, ``report.md``,
+``latency.png`` and ``size_vs_psnr.png`` into ``--out``.
+
+``--quick`` measures the same sections with less: everything it leaves out is listed in the report
+under "Not run in --quick" with the reason, never dropped silently.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from benchmarks.latency import BACKEND_RUNS, BASELINE, get_backend_run  # noqa: 
 
 DEFAULT_OUT = Path("outputs") / "benchmark"
 SIMULATED_REPEATS = 2
+#: Calibration (generated scenes, tiles per scene) of the int8 / W8A16 exports: the exporters' own
+#: defaults in a full run, so its int8 parity is the shipped export's; fewer in --quick, for time.
+CALIBRATION_FULL = (4, 4)
+CALIBRATION_QUICK = (1, 2)
 
 
 @dataclass
@@ -45,6 +53,8 @@ class BenchmarkOptions:
     run_timeout_s: float = 1800.0
     full_scale: bool | None = None  # None: on in full mode, off in quick mode
     full_scale_timeout_s: float = 3600.0
+    full_scale_results: Path | None = None  # a full-scale JSON measured earlier: merged, not re-exported
+    simulated: bool | None = None  # time the simulated HTP; None: on in full mode, off in quick mode
     hub_results: tuple[Path, ...] = ()
     coreml_timings: tuple[Path, ...] = ()
     reuse_artifacts: Path | None = None
@@ -64,6 +74,12 @@ class BenchmarkOptions:
         self.tiles = (1 if self.quick else 4) if self.tiles is None else self.tiles
         self.whole_image = (not self.quick) if self.whole_image is None else self.whole_image
         self.full_scale = (not self.quick) if self.full_scale is None else self.full_scale
+        self.simulated = (not self.quick) if self.simulated is None else self.simulated
+        if self.full_scale_results is not None:
+            if self.full_scale:
+                raise ValueError("give either --full-scale (export now) or --full-scale-results FILE (merge), not both")
+            if not Path(self.full_scale_results).is_file():
+                raise ValueError(f"--full-scale-results {self.full_scale_results}: no such file")
         if self.size_only_targets is None:
             self.size_only_targets = () if self.quick else ("coreml-fp16",)
         if self.threads is not None and self.threads < 1:
@@ -94,6 +110,45 @@ def _not_run(reason: str) -> dict[str, Any]:
     return {"status": "not measured", "error": reason, "seconds": None, "peak_rss_bytes": None}
 
 
+QUICK_SIMULATED_REASON = ("not run in --quick (the QNN HTP simulator takes minutes per tile on an x86 CPU and its time "
+                          "says nothing about a phone; run without --quick, or add --simulated)")
+
+
+def quick_omissions(o: BenchmarkOptions) -> list[dict[str, str]]:
+    """What this run measured less of than a full run, each with the reason (the report lists them)."""
+    if not o.quick:
+        return []
+    full = BenchmarkOptions(config=o.config).resolved()
+    rows = [{"what": "repeats and tiles compared",
+             "reason": f"{o.warmup} warm-up + {o.repeats} timed calls per component and {o.tiles} tile(s) compared for "
+                       f"parity (full run: {full.warmup} + {full.repeats}, {full.tiles} tiles): quicker, noisier medians"}]
+    if not o.whole_image:
+        rows.append({"what": "whole-image renders per backend",
+                     "reason": f"not run in --quick (the {o.image_size}-px photo is a tile chain per tile on every "
+                               "backend); the per-photo host time is derived as tiles x the measured per-tile median"})
+    if not o.simulated:
+        sim = [r.label for r in BACKEND_RUNS if r.simulated]
+        rows.append({"what": ", ".join(sim), "reason": QUICK_SIMULATED_REASON})
+    if "coreml-fp16" not in (o.size_only_targets or ()):
+        rows.append({"what": "Core ML fp16 export (size only)",
+                     "reason": "not run in --quick (Core ML conversion adds minutes; it cannot be timed off Apple OSes)"})
+    rows.append({"what": "int8 / W8A16 calibration set",
+                 "reason": f"{CALIBRATION_QUICK[0]} scene x {CALIBRATION_QUICK[1]} tiles (full run and the exporters' "
+                           f"default: {CALIBRATION_FULL[0]} x {CALIBRATION_FULL[1]}): quantized parity may be lower "
+                           "than the shipped export's"})
+    rows.append({"what": "QNN HTP context binary (precompiled .bin) and its size",
+                 "reason": "not run in --quick (compiling it runs the HTP toolchain per component)"})
+    if o.plans:
+        rows.append({"what": "tiling plans at other tile sizes (2x, 1.5x the model's tile)",
+                     "reason": "not run in --quick (each renders the whole photo again); only the published plan and "
+                               "less overlap at the model's tile are compared"})
+    if not o.full_scale and o.full_scale_results is None:
+        rows.append({"what": "full-scale (sd21) exports",
+                     "reason": "not run in --quick (an sd21 export takes an hour or more on a CPU); run without "
+                               "--quick, or merge an earlier measurement with --full-scale-results FILE"})
+    return rows
+
+
 def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     """Measure everything ``options`` asks for and write the report; returns the report dict."""
     import numpy as np
@@ -101,13 +156,12 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     from benchmarks.artifacts import benchmark_model
     from benchmarks.compute import compute_section, tile_flops
     from benchmarks.devices import device_section, not_measured
-    from benchmarks.full_scale import FULL_SCALE_CONFIG, export_row, run_full_scale
+    from benchmarks.full_scale import FULL_SCALE_CONFIG, export_row, load_full_scale_results, run_full_scale
     from benchmarks.latency import tile_inputs
     from benchmarks.memory import run_isolated
     from benchmarks.report import (SCHEMA, SCHEMA_VERSION, latency_section, photo_section, plans_section, recommend,
                                    run_sizes, write_report)
     from benchmarks.tiling_plans import candidate_plans
-    from runtime_py.default_model import default_model_label
     from runtime_py.manifest import MANIFEST_NAME
 
     o = options.resolved()
@@ -118,12 +172,16 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": "quick" if o.quick else "full",
                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info()}
-    label = default_model_label(o.config)
+    _model, label = benchmark_model(o.config)  # the label of the weights every run measures (trained or seeded)
+    del _model
     report["model"] = {"config": o.config, **label}
     report["settings"] = {"warmup": o.warmup, "repeats": o.repeats, "tiles_compared": o.tiles,
                           "image_size": o.image_size, "whole_image_measured": o.whole_image,
                           "backends": list(o.backends), "run_timeout_s": o.run_timeout_s,
-                          "threads": o.threads or "library default (all cores)"}
+                          "threads": o.threads or "library default (all cores)",
+                          "reused_artifacts": str(o.reuse_artifacts) if o.reuse_artifacts else None}
+    report["not_run_in_quick"] = quick_omissions(o)
+    skipped = {b: QUICK_SIMULATED_REASON for b in o.backends if get_backend_run(b).simulated and not o.simulated}
 
     inputs_path = work / "tile_inputs.npz"
     np.savez(inputs_path, **tile_inputs(o.config, o.tiles))
@@ -131,7 +189,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
 
     # 1. exports (each in its own process), only those the chosen backends load
     exports: dict[str, Any] = {}
-    targets = [get_backend_run(b).artifact for b in o.backends if get_backend_run(b).artifact]
+    targets = [get_backend_run(b).artifact for b in o.backends if get_backend_run(b).artifact and b not in skipped]
     targets += list(o.size_only_targets)
     for target in dict.fromkeys(targets):
         reused = o.reuse_artifacts / target if o.reuse_artifacts else None
@@ -147,8 +205,10 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                 continue
             log(f"[export] {target}: not reusing {reused}: {problem}")
         log(f"[export] {target} ({o.config}) ...")
+        scenes, tiles = CALIBRATION_QUICK if o.quick else CALIBRATION_FULL
         exports[target] = export_row(target, o.config, work / "artifacts" / target, o.run_timeout_s, o.threads,
-                                     contexts=not o.quick)
+                                     contexts=not o.quick, calibration_scenes=scenes, calibration_tiles=tiles)
+        exports[target]["calibration"] = {"scenes": scenes, "tiles_per_scene": tiles}
         row = exports[target]
         log(f"[export] {target}: {row['status']} in {row['seconds']:.0f} s" + (f": {row['error']}" if row.get("error") else ""))
 
@@ -156,6 +216,10 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for backend in o.backends:
         run = get_backend_run(backend)
+        if backend in skipped:
+            runs[backend] = _not_run(skipped[backend])
+            log(f"[latency] {backend}: {skipped[backend]}")
+            continue
         if run.artifact and exports.get(run.artifact, {}).get("status") != "ok":
             runs[backend] = _not_run(f"export {run.artifact} did not succeed: {exports[run.artifact].get('error')}")
             log(f"[latency] {backend}: not measured ({runs[backend]['error'][:160]})")
@@ -203,10 +267,15 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     devices = device_section(hub_roots, [*o.coreml_timings, out])
 
     # 6. full scale
-    if o.full_scale:
+    if o.full_scale_results is not None:
+        full = load_full_scale_results(o.full_scale_results)
+        log(f"[full scale] merged {o.full_scale_results} (measured {full.get('finished_utc') or 'earlier'})")
+    elif o.full_scale:
         full = run_full_scale(work / "full_scale", timeout_s=o.full_scale_timeout_s, log=log, threads=o.threads)
     else:
-        full = not_measured("skipped in --quick mode (run without --quick, or with --full-scale)")
+        full = not_measured("not run in --quick (an sd21 export takes an hour or more on a CPU): run without --quick, "
+                            "with --full-scale, or merge an earlier measurement with --full-scale-results FILE"
+                            if o.quick else "not requested (--no-full-scale)")
 
     latency = latency_section(runs)
     sizes = {b: run_sizes(b, exports) for b in o.backends}
@@ -235,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true",
                    help="reduced set: fewer repeats, one tile, 3 tiling plans, whole-image time derived from per-tile "
-                        "times, no full-scale exports")
+                        "times, no simulated HTP, no Core ML / full-scale exports (the report lists what was left out)")
     p.add_argument("--config", default=None, help="model configuration (default: the default model's, 'small')")
     p.add_argument("--image-size", type=int, default=1024, help="square photo size for the per-image figures (default 1024)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (default 1 quick / 2)")
@@ -254,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="export the sd21-scale model to each target (default in full mode)")
     full.add_argument("--no-full-scale", dest="full_scale", action="store_false")
     p.add_argument("--full-scale-timeout", type=float, default=3600.0, help="seconds per full-scale export (default 3600)")
+    p.add_argument("--full-scale-results", type=Path, default=None, metavar="FILE",
+                   help="merge a full-scale JSON measured earlier (benchmarks.full_scale.run_full_scale's result, "
+                        "e.g. outputs/full_scale/full_scale_*.json) instead of exporting sd21 again")
+    sim = p.add_mutually_exclusive_group()
+    sim.add_argument("--simulated", dest="simulated", action="store_true", default=None,
+                     help="also time the simulated QNN HTP (default in full mode; minutes per tile on x86)")
+    sim.add_argument("--no-simulated", dest="simulated", action="store_false")
     p.add_argument("--hub-results", type=Path, action="append", default=[],
                    help="an export/to_qnn.py --hub artifacts folder or hub.json (repeatable)")
     p.add_argument("--coreml-timings", type=Path, action="append", default=[],
@@ -273,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats, tiles=args.tiles, whole_image=args.whole_image, plans=not args.no_plans,
         run_timeout_s=args.timeout, full_scale=args.full_scale, full_scale_timeout_s=args.full_scale_timeout,
         hub_results=tuple(args.hub_results), coreml_timings=tuple(args.coreml_timings),
-        reuse_artifacts=args.reuse_artifacts, threads=args.threads,
+        reuse_artifacts=args.reuse_artifacts, threads=args.threads, full_scale_results=args.full_scale_results,
+        simulated=args.simulated,
     )
     if args.backends:
         options.backends = tuple(args.backends)

@@ -145,10 +145,47 @@ def test_tiling_plans_are_compared_with_the_published_plan():
     assert all(r["host_seconds_derived"] > 0 for r in section["plans"])
 
 
+def _fake_full_scale_file(folder: Path) -> Path:
+    """A small file shaped like run_full_scale's JSON: one target exported, one killed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {"backend": "onnx", "precision": "fp32", "components": {"denoiser": {"fp32": 3 * 2**30}}}
+    data = {"config": "sd21", "weights": "seeded random (structural)", "finished_utc": "2026-11-26 03:00 UTC",
+            "targets": {"onnx-fp32": {"target": "onnx-fp32", "config": "sd21", "status": "ok", "error": None,
+                                      "seconds": 123.0, "peak_rss_bytes": 9 * 2**30, "sizes": sizes},
+                        "executorch-xnnpack-fp32": {"target": "executorch-xnnpack-fp32", "config": "sd21",
+                                                    "status": "error", "error": "killed", "seconds": 5.0,
+                                                    "peak_rss_bytes": None}}}
+    path = folder / "full_scale.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_full_scale_results_are_validated(tmp_path: Path):
+    from benchmarks.full_scale import load_full_scale_results
+
+    good = _fake_full_scale_file(tmp_path)
+    section = load_full_scale_results(good)
+    assert section["config"] == "sd21" and section["targets"]["onnx-fp32"]["peak_rss_bytes"] == 9 * 2**30
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"targets": {"onnx-fp32": {"status": "ok"}}}))
+    with pytest.raises(ValueError, match="no 'sizes'"):
+        load_full_scale_results(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable JSON"):
+        load_full_scale_results(bad)
+    with pytest.raises(ValueError, match="not both"):
+        BenchmarkOptions(config="tiny", full_scale=True, full_scale_results=good).resolved()
+    with pytest.raises(ValueError, match="no such file"):
+        BenchmarkOptions(config="tiny", quick=True, full_scale_results=tmp_path / "missing.json").resolved()
+
+
 def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     # Plans are tested above in-process; here only the baseline runs in a child process.
+    # The simulated HTP is asked for but --quick leaves it out (and so skips its export), saying so.
+    full_scale_file = _fake_full_scale_file(tmp_path / "earlier")
     options = BenchmarkOptions(out=tmp_path, config="tiny", quick=True, image_size=192, threads=1, plans=False,
-                               backends=(BASELINE,), run_timeout_s=240, compare_sd21=False, log=lambda _m: None)
+                               backends=(BASELINE, "qnn-htp-simulated-w8a16"), run_timeout_s=240, compare_sd21=False,
+                               full_scale_results=full_scale_file, log=lambda _m: None)
     report = run_benchmark(options)
     data = json.loads((tmp_path / "report.json").read_text())
     for key in ("latency", "size", "memory", "compute", "photo", "tiling_plans", "devices", "full_scale",
@@ -163,11 +200,20 @@ def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     assert photo["tiles"] == len(tile_boxes(192, 192, 128, 64))
     assert photo["backends"][BASELINE]["host_seconds_vs_baseline"] == 1.0
     assert data["tiling_plans"]["status"] == NOT_MEASURED and "--no-plans" in data["tiling_plans"]["reason"]
-    assert data["full_scale"]["status"] == NOT_MEASURED
+    htp = data["latency"]["backends"]["qnn-htp-simulated-w8a16"]
+    assert htp["status"] == NOT_MEASURED and htp["reason"].startswith("not run in --quick")
+    assert data["exports"] == {}  # nothing exported for a backend that was not run
+    assert any("qnn-htp-simulated" in r["what"] for r in data["not_run_in_quick"])
+    # The earlier full-scale measurement is merged as it was, with its source.
+    assert data["full_scale"]["source"] == str(full_scale_file.resolve())
+    assert data["full_scale"]["targets"]["onnx-fp32"]["seconds"] == 123.0
+    assert not any("full-scale" in r["what"] for r in data["not_run_in_quick"])
     assert data["devices"]["qualcomm_ai_hub"]["status"] == NOT_MEASURED
     assert data["recommendation"]["plan"] is None and "not measured" in data["recommendation"]["plan_reason"]
     markdown = (tmp_path / "report.md").read_text()
     assert "# MagicBokeh benchmark" in markdown and "Recommendation" in markdown and "not measured" in markdown
+    assert "## Not run in --quick" in markdown and "merged from file" in markdown and str(full_scale_file.resolve()) in markdown
+    assert "executorch-xnnpack-fp32: error: killed" in markdown  # a failed full-scale target keeps its error
     assert markdown == report_markdown(report)
     assert (tmp_path / "latency.png").stat().st_size > 0
     assert not any(isinstance(v, float) and math.isnan(v) for v in np.ravel([base["tile"]["median_s"]]))
@@ -195,3 +241,12 @@ def test_coreml_mac_timing_refuses_clearly_off_apple(tmp_path: Path):
 
     with pytest.raises(SystemExit, match="macOS"):
         main([str(tmp_path), "--out", str(tmp_path / "t.json")])
+
+
+def test_executorch_thread_pool_follows_the_threads_setting():
+    pytest.importorskip("executorch.extension.pybindings.portable_lib")
+    from benchmarks.latency import set_executorch_threads
+
+    # Without this the XNNPACK pool uses every core while the torch baseline uses --threads.
+    assert set_executorch_threads(1) == 1
+    assert set_executorch_threads(None) == 1
