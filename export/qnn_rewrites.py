@@ -30,6 +30,20 @@ for the static grid as a constant), and after folding its graph holds LayerNorma
 2x up-projections), and Resize in linear/align_corners mode with static scales (the DPT fusion
 and head up-sampling); W8A16 QDQ of all of these compiled on the HTP of onnxruntime-qnn 2.7 (v73,
 v75, v79) with CPU fallback disabled, at 70 px and at the default 518 px input.
+
+Open: the denoiser's HTP-vs-CPU-QDQ drift at small feature maps (not fixed). On the 64-px test
+model (8 x 8 latents, onnxruntime-qnn 2.7, SM8650) the whole denoiser came back ~10 dB from CPU
+QDQ. Not the cause: run-to-run nondeterminism (runs in one session were usually bit-identical,
+once 28 dB apart, while the 10 dB gap never moved) and the QNN EP options
+``htp_graph_finalization_optimization_mode=3``, ``enable_htp_spill_fill_buffer=1``,
+``offload_graph_io_quantization=0``, ``vtcm_mb=2`` (all ~10 dB). Bisecting with graphs truncated
+at one activation (extra graph outputs are no use: they changed the compiled graph, the same
+tensor read 11 dB in one probe and 88 dB in another): up to the first resnet's norm1 and SiLU the
+HTP matched (90-92 dB); ending at that resnet's conv1 (3x3, 16 -> 16 channels, time embedding
+folded into its bias, int32 bias codes up to ~4.6e6) it was 10 dB off. The same conv, LayerNorm
+and GroupNorm patterns alone in small graphs matched (89-96 dB), so the trigger is contextual; a
+suspect not yet tested is how the HTP narrows large int32 bias codes (up to ~1.2e8 in the
+injector's condition embedding). At 512-px tiles of the default model one tile measured 48 dB.
 """
 
 from __future__ import annotations

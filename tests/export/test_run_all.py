@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.run_all import StepResult, build_parser, default_targets, main, summarise, summary_markdown, write_sample_photo
+from export.run_all import (StepResult, build_parser, crop_sample_photo, default_targets, main, summarise,
+                            summary_markdown, write_sample_photo)
 
 
 def test_targets_cover_every_backend_family(tmp_path: Path) -> None:
@@ -68,3 +69,14 @@ def test_summary_shows_a_split_reports_total_and_htp_work(tmp_path: Path) -> Non
     md = summary_markdown(summarise(tmp_path, targets, {targets[0].name: StepResult("q", [], 0, 1.0, "log")}, {}))
     assert "depth 39.5" in md and "39.5 dB / SSIM 0.9900" in md
     assert "HTP runs depth 1; 22 s on the simulator" in md and "512-px scene" in md
+
+
+def test_qnn_render_uses_a_one_tile_crop_with_matching_depth_and_mask(tmp_path: Path) -> None:
+    qnn = next(t for t in default_targets(tmp_path, None) if t.name == "qnn-w8a16")
+    assert qnn.render_crop == (512, 512)
+    photo = write_sample_photo(tmp_path / "full", seed=3, height=96, width=160)
+    crop = crop_sample_photo(photo, tmp_path / "crop", 64, 80)
+    image, depth = np.array(Image.open(crop["image"])), np.load(crop["depth"])
+    assert image.shape == (64, 80, 3) and depth.shape == (64, 80) and np.array(Image.open(crop["mask"])).shape == (64, 80)
+    np.testing.assert_array_equal(image, np.array(Image.open(photo["image"]))[-64:, :80])  # bottom-left
+    assert crop_sample_photo(photo, tmp_path / "same", 512, 512) == photo  # already small enough: unchanged

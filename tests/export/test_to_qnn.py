@@ -194,6 +194,9 @@ def test_default_size_depth_runs_on_the_htp(tmp_path: Path) -> None:
                         parity_scene_size=small.depth_input, log=lambda *_: None)
     quant = result.parity["quantization"]["components"]["depth"]
     backend = result.parity["backend"]["components"]["depth"]
+    print(f"518-px depth W8A16: quantization {quant['psnr_db']:.2f} dB (max abs {quant['max_abs']:.4g}), "
+          f"backend {backend['psnr_db']:.2f} dB (max abs {backend['max_abs']:.4g}), "
+          f"HTP {result.parity['backend']['meta']['htp_seconds']:.1f} s, export {result.seconds:.0f} s")
     assert quant["psnr_db"] >= 30.0 and backend["psnr_db"] >= 40.0  # see test_depth_parity_on_the_htp
     assert result.parity["backend"]["meta"]["htp_calls"] == {"depth": 1}
 
