@@ -55,6 +55,7 @@ class BenchmarkOptions:
     full_scale_timeout_s: float = 3600.0
     full_scale_results: Path | None = None  # a full-scale JSON measured earlier: merged, not re-exported
     simulated: bool | None = None  # time the simulated HTP; None: on in full mode, off in quick mode
+    int8: bool | None = None  # export and time ExecuTorch XNNPACK int8; None: on in full mode, off in quick mode
     hub_results: tuple[Path, ...] = ()
     coreml_timings: tuple[Path, ...] = ()
     reuse_artifacts: Path | None = None
@@ -75,6 +76,7 @@ class BenchmarkOptions:
         self.whole_image = (not self.quick) if self.whole_image is None else self.whole_image
         self.full_scale = (not self.quick) if self.full_scale is None else self.full_scale
         self.simulated = (not self.quick) if self.simulated is None else self.simulated
+        self.int8 = (not self.quick) if self.int8 is None else self.int8
         if self.full_scale_results is not None:
             if self.full_scale:
                 raise ValueError("give either --full-scale (export now) or --full-scale-results FILE (merge), not both")
@@ -114,6 +116,10 @@ QUICK_SIMULATED_REASON = ("not run in --quick (the QNN HTP simulator takes minut
                           "says nothing about a phone; run without --quick, or add --simulated)")
 
 
+QUICK_INT8_REASON = ("not run in --quick (its PT2E calibration and XNNPACK lowering take 8-20 minutes on 2 CPU "
+                     "cores, more than the rest of --quick together); run without --quick, or add --int8")
+
+
 def quick_omissions(o: BenchmarkOptions) -> list[dict[str, str]]:
     """What this run measured less of than a full run, each with the reason (the report lists them)."""
     if not o.quick:
@@ -129,6 +135,8 @@ def quick_omissions(o: BenchmarkOptions) -> list[dict[str, str]]:
     if not o.simulated:
         sim = [r.label for r in BACKEND_RUNS if r.simulated]
         rows.append({"what": ", ".join(sim), "reason": QUICK_SIMULATED_REASON})
+    if not o.int8:
+        rows.append({"what": "executorch-xnnpack-int8 (export and latency)", "reason": QUICK_INT8_REASON})
     if "coreml-fp16" not in (o.size_only_targets or ()):
         rows.append({"what": "Core ML fp16 export (size only)",
                      "reason": "not run in --quick (Core ML conversion adds minutes; it cannot be timed off Apple OSes)"})
@@ -182,6 +190,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                           "reused_artifacts": str(o.reuse_artifacts) if o.reuse_artifacts else None}
     report["not_run_in_quick"] = quick_omissions(o)
     skipped = {b: QUICK_SIMULATED_REASON for b in o.backends if get_backend_run(b).simulated and not o.simulated}
+    if not o.int8 and "executorch-xnnpack-int8" in o.backends:
+        skipped["executorch-xnnpack-int8"] = QUICK_INT8_REASON
 
     inputs_path = work / "tile_inputs.npz"
     np.savez(inputs_path, **tile_inputs(o.config, o.tiles))
@@ -304,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true",
                    help="reduced set: fewer repeats, one tile, 3 tiling plans, whole-image time derived from per-tile "
-                        "times, no simulated HTP, no Core ML / full-scale exports (the report lists what was left out)")
+                        "times, no ExecuTorch int8, no simulated HTP, no Core ML / full-scale exports (the report lists "
+                        "what was left out)")
     p.add_argument("--config", default=None, help="model configuration (default: the default model's, 'small')")
     p.add_argument("--image-size", type=int, default=1024, help="square photo size for the per-image figures (default 1024)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (default 1 quick / 2)")
@@ -330,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--simulated", dest="simulated", action="store_true", default=None,
                      help="also time the simulated QNN HTP (default in full mode; minutes per tile on x86)")
     sim.add_argument("--no-simulated", dest="simulated", action="store_false")
+    i8 = p.add_mutually_exclusive_group()
+    i8.add_argument("--int8", dest="int8", action="store_true", default=None,
+                    help="also export and time ExecuTorch XNNPACK int8 (default in full mode; 8-20 min on 2 cores)")
+    i8.add_argument("--no-int8", dest="int8", action="store_false")
     p.add_argument("--hub-results", type=Path, action="append", default=[],
                    help="an export/to_qnn.py --hub artifacts folder or hub.json (repeatable)")
     p.add_argument("--coreml-timings", type=Path, action="append", default=[],
@@ -351,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hub_results=tuple(args.hub_results), coreml_timings=tuple(args.coreml_timings),
         reuse_artifacts=args.reuse_artifacts, threads=args.threads, full_scale_results=args.full_scale_results,
         simulated=args.simulated,
+        int8=args.int8,
     )
     if args.backends:
         options.backends = tuple(args.backends)

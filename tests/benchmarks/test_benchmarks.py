@@ -184,7 +184,8 @@ def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     # The simulated HTP is asked for but --quick leaves it out (and so skips its export), saying so.
     full_scale_file = _fake_full_scale_file(tmp_path / "earlier")
     options = BenchmarkOptions(out=tmp_path, config="tiny", quick=True, image_size=192, threads=1, plans=False,
-                               backends=(BASELINE, "qnn-htp-simulated-w8a16"), run_timeout_s=240, compare_sd21=False,
+                               backends=(BASELINE, "qnn-htp-simulated-w8a16", "executorch-xnnpack-int8"),
+                               run_timeout_s=240, compare_sd21=False,
                                full_scale_results=full_scale_file, log=lambda _m: None)
     report = run_benchmark(options)
     data = json.loads((tmp_path / "report.json").read_text())
@@ -202,8 +203,11 @@ def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     assert data["tiling_plans"]["status"] == NOT_MEASURED and "--no-plans" in data["tiling_plans"]["reason"]
     htp = data["latency"]["backends"]["qnn-htp-simulated-w8a16"]
     assert htp["status"] == NOT_MEASURED and htp["reason"].startswith("not run in --quick")
+    int8 = data["latency"]["backends"]["executorch-xnnpack-int8"]
+    assert int8["status"] == NOT_MEASURED and int8["reason"].startswith("not run in --quick")
     assert data["exports"] == {}  # nothing exported for a backend that was not run
     assert any("qnn-htp-simulated" in r["what"] for r in data["not_run_in_quick"])
+    assert any("executorch-xnnpack-int8" in r["what"] for r in data["not_run_in_quick"])
     # The earlier full-scale measurement is merged as it was, with its source.
     assert data["full_scale"]["source"] == str(full_scale_file.resolve())
     assert data["full_scale"]["targets"]["onnx-fp32"]["seconds"] == 123.0
