@@ -36,6 +36,8 @@ SOC_HELP = ", ".join(f"{key} = {value['name']}" for key, value in SOCS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime_py.checkpoints.weight_args import add_weight_arguments
+
     parser = argparse.ArgumentParser(
         prog="to_qnn.py",
         description="Export MagicBokeh's encoder, denoiser, decoder and depth model to ONNX, quantize them to QDQ for the "
@@ -43,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "write precompiled context binaries and a parity report.",
     )
     weights = parser.add_argument_group("weights (default: the built-in default model)")
-    weights.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (diffusers layout); needs --lora")
-    weights.add_argument("--lora", type=Path, help="the published lora.pkl; needs --sd21")
-    weights.add_argument("--checkpoint", type=Path, help="a native MagicBokeh checkpoint (.safetensors)")
-    weights.add_argument("--config", default=None,
-                         help="model configuration (shapes for --sd21, guard for --checkpoint, or the built-in "
-                              "default model's size: small (default) or tiny)")
+    add_weight_arguments(weights)
     weights.add_argument("--depth-checkpoint", type=Path, default=None,
                          help="Depth Anything V2 checkpoint for the depth component (default: the config's depth "
                               "size with seeded random weights, the toolkit ships no depth weights)")
@@ -124,15 +121,9 @@ def load_components(args: argparse.Namespace, names: Sequence[str] = COMPONENTS)
     from runtime_py.checkpoints import weights_sha256
     from runtime_py.components import depth_component, tile_components
 
-    if args.sd21 or args.lora or args.checkpoint:
-        from runtime_py.checkpoints import load_model
+    from runtime_py.checkpoints.weight_args import load_weights
 
-        model = load_model(sd21=args.sd21, lora=args.lora, checkpoint=args.checkpoint, config=args.config)
-        label: dict | str = {"kind": "user-checkpoint", "source": str(args.checkpoint or args.lora)}
-    else:
-        from runtime_py.default_model import load_default_model
-
-        model, label = load_default_model(args.config)
+    model, label = load_weights(args)
     components = dict(tile_components(model))
     if "depth" in names:
         if args.depth_checkpoint is not None:
