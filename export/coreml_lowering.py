@@ -58,6 +58,7 @@ class CoreMLOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compile_mlmodelc: bool = False
     mixed_average_bits: float = 5.0
+    mixed_choices: tuple[int, ...] = (4, 6, 8)
     sensitivity_samples: int = 1
 
     def validate(self) -> "CoreMLOptions":
@@ -69,6 +70,11 @@ class CoreMLOptions:
             raise ValueError(f"compute units must be one of {sorted(COMPUTE_UNITS)}, got {self.compute_units!r}")
         if self.chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
+        if self.precision == "mixed":
+            low, high = min(self.mixed_choices), max(self.mixed_choices)
+            if not low <= self.mixed_average_bits <= high:
+                raise ValueError(f"mixed average bits {self.mixed_average_bits} must lie in [{low}, {high}] "
+                                 f"(the bit choices {list(self.mixed_choices)})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,8 +298,12 @@ def lower_component(
     sensitivity_inputs: Sequence[Sequence[np.ndarray]] = (),
     log: Callable[[str], None] = print,
 ) -> LoweredComponent:
-    """Convert (and chunk, and compress) one component into ``folder``; returns what was written."""
-    from quantize.coreml import compress_mlmodel
+    """Convert (and chunk, and compress) one component into ``folder``; returns what was written.
+
+    For ``mixed`` precision the per-layer bits are planned first, in torch, from the component's
+    measured sensitivity on ``sensitivity_inputs`` (real tiles), then applied to every piece.
+    """
+    from quantize.coreml import compress_mlmodel, plan_mixed_bits
 
     options.validate()
     name = component.name
@@ -307,15 +317,19 @@ def lower_component(
     program = export_graph(component, example, options.ane_layout)
     result.seconds["torch_export"] = time.perf_counter() - start
     result.weight_bytes_fp16 = graph_weight_bytes(program)
+    plan = None
+    if options.precision == "mixed":
+        start = time.perf_counter()
+        log(f"  {name}: measuring per-layer sensitivity in torch on {len(sensitivity_inputs)} real sample(s)")
+        used = used_parameter_names(program, component)
+        plan = plan_mixed_bits(component, sensitivity_inputs, sorted(set(used.values())),
+                               options.mixed_average_bits, options.mixed_choices, log=log, aliases=used)
+        result.seconds["sensitivity"] = time.perf_counter() - start
 
     chunks = split_graph(program, input_names, output_names, options.chunk_bytes)
     pieces: list[tuple[str, torch.export.ExportedProgram, list[str], list[tuple[int, ...]], list[str]]] = []
-    # Real inputs of each piece, for measuring per-layer sensitivity (mixed bits).
-    sample_values = [dict(zip(input_names, sample)) for sample in sensitivity_inputs]
-    piece_samples: list[list[dict[str, np.ndarray]]] = []
     if not chunks:
         pieces.append((f"{name}.mlpackage", program, input_names, input_shapes, output_names))
-        piece_samples.append(sample_values)
     else:
         log(f"  {name}: {result.weight_bytes_fp16 / 2**20:.3f} MiB of fp16 weights > "
             f"{options.chunk_bytes / 2**20:.3f} MiB: {len(chunks)} chunks")
@@ -326,11 +340,6 @@ def lower_component(
             with torch.no_grad():
                 outs = chunk.module(*chunk_inputs)
             values.update(zip(chunk.output_names, outs))
-            piece_samples.append([{n: np.asarray(v[n]) for n in chunk.input_names} for v in sample_values])
-            with torch.no_grad():
-                for v in sample_values:
-                    chunk_outs = chunk.module(*[torch.as_tensor(np.asarray(v[n])) for n in chunk.input_names])
-                    v.update({o: t.numpy() for o, t in zip(chunk.output_names, chunk_outs)})
             try:
                 chunk_program = torch.export.export(chunk.module, chunk_inputs, strict=False)
             except Exception as exc:
@@ -352,7 +361,7 @@ def lower_component(
 
     result.seconds["convert"] = 0.0
     result.seconds["compress"] = 0.0
-    for (relative, piece_program, in_names, in_shapes, out_names), piece_inputs in zip(pieces, piece_samples):
+    for relative, piece_program, in_names, in_shapes, out_names in pieces:
         start = time.perf_counter()
         mlmodel = convert_exported(
             piece_program, in_names, in_shapes, out_names,
@@ -364,13 +373,12 @@ def lower_component(
         result.seconds["convert"] += time.perf_counter() - start
         if options.precision not in ("fp16", "fp32"):
             start = time.perf_counter()
-            mlmodel, recipe = compress_mlmodel(
-                mlmodel, options.precision,
-                sensitivity_inputs=piece_inputs,
-                average_bits=options.mixed_average_bits,
-                log=log,
-            )
+            mlmodel, recipe = compress_mlmodel(mlmodel, options.precision, mixed_plan=plan)
             result.recipe[relative] = recipe
+            if options.precision == "mixed":
+                log(f"  {relative}: {len(recipe['layers'])} weights palettized at {recipe['average_bits']:.3f} average "
+                    f"bits (budget {recipe['average_bits_budget']}), {len(recipe['kept_fp16'])} kept fp16; "
+                    f"torch-predicted PSNR {recipe['predicted_psnr_db']:.2f} dB")
             result.seconds["compress"] += time.perf_counter() - start
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,6 +393,26 @@ def lower_component(
         del mlmodel
     result.file = pieces[0][0] if not chunks else f"{name}.chunks"
     return result
+
+
+def used_parameter_names(program: torch.export.ExportedProgram, module: nn.Module) -> dict[str, str]:
+    """The parameters the exported graph really uses: export name -> name in ``module`` as it is now.
+
+    The tile components share one model object, so the module's own parameter list would include
+    the other components' weights; and the export ran with the Neural-Engine attention swapped in,
+    whose wrappers rename parameters, so names are resolved through the tensors themselves.
+    """
+    params = set(program.graph_signature.parameters)
+    gm = program.module()
+    used = sorted({str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.users and str(n.target) in params})
+    by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
+    out = {}
+    for name in used:
+        found = by_storage.get(program.state_dict[name].data_ptr())
+        if found is None:
+            raise CoreMLExportError(f"exported parameter {name!r} is not a parameter of component {module.name!r}")
+        out[name] = found
+    return out
 
 
 def graph_weight_bytes(program: torch.export.ExportedProgram, bytes_per_weight: int = 2) -> int:

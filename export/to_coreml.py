@@ -29,6 +29,7 @@ from export.coreml_lowering import (  # noqa: E402
     export_coreml,
     summary_rows,
 )
+from quantize.coreml import PALETTE_BITS  # noqa: E402
 
 COMPONENTS = ("encoder", "denoiser", "decoder", "depth")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
                         help="fp16: fp16 weights and compute (default); w8: 8-bit linear weights; w6/w4: k-means "
                              "palettized weights; mixed: per-layer 4/6/8-bit palettization chosen by measured "
-                             "sensitivity; fp32: converter debugging only")
+                             "sensitivity (torch, real tiles) within --mixed-average-bits; fp32: converter debugging only")
     parser.add_argument("--components", default=",".join(COMPONENTS),
                         help=f"comma-separated components to export (default: {','.join(COMPONENTS)})")
     parser.add_argument("--deployment-target", choices=DEPLOYMENT_TARGETS, default="iOS17",
@@ -70,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep diffusers' attention instead of the Neural-Engine layout (per-head einsum, "
                              "(B, C, 1, S) tensors, 1x1-conv projections)")
     parser.add_argument("--mixed-average-bits", type=float, default=5.0,
-                        help="for --precision mixed: the element-weighted average bits budget (4..8, default 5)")
+                        help="for --precision mixed: the element-weighted average bits budget, between the "
+                             "fewest and most bits of --mixed-bits (default 5)")
+    parser.add_argument("--mixed-bits", default="4,6,8",
+                        help="for --precision mixed: comma-separated palettization bits a layer may get, from "
+                             f"{','.join(map(str, PALETTE_BITS))} (default 4,6,8; 3 bits needs iOS18's LUT op)")
+    parser.add_argument("--sensitivity-samples", type=int, default=1,
+                        help="for --precision mixed: real tiles per component the per-layer sensitivity is "
+                             "measured on (default 1; each costs one torch run per layer)")
     parser.add_argument("--compile", action="store_true",
                         help="macOS only: also compile each package to .mlmodelc so the app skips the first-load compile")
     parser.add_argument("--no-parity", action="store_true", help="skip executing the packages for the parity report")
@@ -126,8 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown components {unknown}; choose from {','.join(COMPONENTS)}")
     if args.chunk_mb <= 0:
         parser.error("--chunk-mb must be positive")
-    if not 4 <= args.mixed_average_bits <= 8:
-        parser.error("--mixed-average-bits must lie in [4, 8]")
+    try:
+        mixed_bits = tuple(sorted({int(b) for b in args.mixed_bits.split(",") if b.strip()}))
+    except ValueError:
+        parser.error(f"--mixed-bits must be comma-separated integers, got {args.mixed_bits!r}")
+    if not mixed_bits or any(b not in PALETTE_BITS for b in mixed_bits):
+        parser.error(f"--mixed-bits must come from {','.join(map(str, PALETTE_BITS))}, got {args.mixed_bits!r}")
+    if not mixed_bits[0] <= args.mixed_average_bits <= mixed_bits[-1]:
+        parser.error(f"--mixed-average-bits must lie in [{mixed_bits[0]}, {mixed_bits[-1]}] (the --mixed-bits range)")
+    if args.sensitivity_samples < 1:
+        parser.error("--sensitivity-samples must be >= 1")
     if args.num_scenes < 1:
         parser.error("--num-scenes must be >= 1")
     if args.parity_tiles < 1:
@@ -140,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_bytes=int(args.chunk_mb * 2**20),
         compile_mlmodelc=args.compile,
         mixed_average_bits=args.mixed_average_bits,
+        mixed_choices=mixed_bits,
+        sensitivity_samples=args.sensitivity_samples,
     )
     out = args.out or Path("artifacts") / f"coreml-{args.precision}"
     started = time.perf_counter()

@@ -3,10 +3,15 @@
 * ``w8``: 8-bit linear (symmetric, per output channel) weights -> ``constexpr_affine_dequantize``.
 * ``w6`` / ``w4``: k-means palettization, one 64- or 16-entry look-up table per weight tensor
   -> ``constexpr_lut_to_dense`` (the iOS16 op, so iOS 16+/17 targets can load it).
-* ``mixed``: per-layer palettization bits (4, 6 or 8) chosen by MEASURED sensitivity: each weight
-  is palettized to 4 bits alone, the program is executed (numpy Core ML interpreter) on real
-  inputs, and the PSNR of its output against the uncompressed program is that layer's score. The
-  layers whose compression costs the most keep more bits, within an average-bits budget.
+* ``mixed``: per-layer palettization bits (4, 6 or 8 by default) chosen from MEASURED sensitivity.
+  Scoring runs in torch, because executing the Core ML program once per layer through the numpy
+  interpreter is far too slow at the default scale: each weight alone is replaced by exactly the
+  values coremltools' k-means would give it (the same routine, on the same fp16 weight), the
+  component runs on real calibration tiles, and the PSNR of its output against the fp32
+  reference is that layer's score. How the error shrinks with more bits is measured in weight
+  space (k-means MSE at every choice). Bits then go, within an element-weighted average-bits
+  budget, to the upgrades that remove the most predicted output noise per added bit. The
+  package is compressed with per-constant configs and its parity is measured by executing it.
 
 Weights with fewer than ``WEIGHT_THRESHOLD`` elements (biases, norms) stay fp16, as coremltools does
 by default: they cost almost nothing and are the most fragile.
@@ -14,10 +19,9 @@ by default: they cost almost nothing and are the most fragile.
 
 from __future__ import annotations
 
-import tempfile
+import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +29,8 @@ import numpy as np
 WEIGHT_THRESHOLD = 2048
 COMPRESSION_PRECISIONS = ("w8", "w6", "w4", "mixed")
 MIXED_CHOICES = (4, 6, 8)
+#: Bits the iOS16/17 ``constexpr_lut_to_dense`` op can hold (LUT sizes 2, 4, 16, 64, 256; 3 bits needs iOS18).
+PALETTE_BITS = (1, 2, 4, 6, 8)
 
 
 class CompressionError(ValueError):
@@ -46,91 +52,60 @@ def linear_quantize_w8(mlmodel: Any, weight_threshold: int = WEIGHT_THRESHOLD) -
 
 
 def palettize(mlmodel: Any, nbits: int, weight_threshold: int = WEIGHT_THRESHOLD,
-              per_layer_bits: Mapping[str, int] | None = None) -> Any:
-    """k-means palettization at ``nbits`` (or per const name, from ``per_layer_bits``)."""
-    if nbits not in (1, 2, 3, 4, 6, 8):
-        raise CompressionError(f"palettization supports 1, 2, 3, 4, 6 or 8 bits, got {nbits}")
+              per_layer_bits: Mapping[str, int | None] | None = None) -> Any:
+    """k-means palettization at ``nbits``, or per const name from ``per_layer_bits`` (None: keep fp16)."""
+    for bits in [nbits, *[b for b in (per_layer_bits or {}).values() if b is not None]]:
+        if bits not in PALETTE_BITS:
+            raise CompressionError(f"palettization supports {PALETTE_BITS} bits, got {bits}")
     cto = _opt()
-    global_config = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, weight_threshold=weight_threshold)
-    name_configs = {
-        name: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=weight_threshold)
-        for name, bits in (per_layer_bits or {}).items()
-    }
-    config = cto.OptimizationConfig(global_config=global_config, op_name_configs=name_configs or None)
-    return cto.palettize_weights(mlmodel, config=config)
+
+    def config(bits: int) -> Any:
+        return cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=weight_threshold)
+
+    name_configs = {name: (None if bits is None else config(bits)) for name, bits in (per_layer_bits or {}).items()}
+    return cto.palettize_weights(mlmodel, config=cto.OptimizationConfig(
+        global_config=config(nbits), op_name_configs=name_configs or None))
 
 
 def kmeans_palettized(weight: np.ndarray, nbits: int) -> np.ndarray:
-    """The dense weight that coremltools' k-means palettization would produce (its own k-means)."""
+    """The dense fp16 weight coremltools' k-means palettization produces for this weight.
+
+    The weight is cast to fp16 first, as it is in the converted program: coremltools' routine picks
+    its clustering method from the dtype, so palettizing fp32 values would not reproduce it.
+    """
     from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
 
-    w = np.asarray(weight, dtype=np.float32)
+    w = np.asarray(weight).astype(np.float16)
     lut, indices = _get_kmeans_lookup_table_and_weight(nbits, w, force_kmeans1d=False)
-    return np.asarray(lut)[np.asarray(indices).astype(np.int64)].reshape(w.shape).astype(weight.dtype)
+    return np.asarray(lut)[np.asarray(indices).astype(np.int64)].reshape(w.shape).astype(np.float16)
 
+
+# -- mixed bits: measured sensitivity, budgeted choice ---------------------------------------------
 
 @dataclass
 class LayerSensitivity:
+    """One weight's measured cost of compression.
+
+    ``psnr_db``: component output PSNR against the fp32 reference with this weight alone palettized
+    at ``measured_bits`` (inf when that is lossless). ``weight_mse``: MSE of the palettized weight at
+    each bit choice, which scales the measured output noise to the other choices.
+    """
+
     name: str
     elements: int
-    psnr_db: float  # output PSNR against the uncompressed program, this layer alone at low bits
+    psnr_db: float
+    weight_mse: dict[int, float] = field(default_factory=dict)
+    measured_bits: int = 4
 
-
-def compressible_weights(program: Any, weight_threshold: int = WEIGHT_THRESHOLD) -> dict[str, int]:
-    """Const float tensors that compression would touch: name -> element count."""
-    used_as_weight: set[str] = set()
-    for step in program.steps:
-        for key in ("weight", "x", "y"):
-            value = step.inputs.get(key)
-            name = getattr(value, "name", None)
-            if name is not None and name in program.constants:
-                used_as_weight.add(name)
-    out = {}
-    for name in sorted(used_as_weight):
-        value = program.constants[name]
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size > weight_threshold:
-            out[name] = int(value.size)
-    return out
-
-
-def measure_sensitivity(
-    mlmodel: Any,
-    inputs: Sequence[Mapping[str, np.ndarray]],
-    nbits: int = 4,
-    weight_threshold: int = WEIGHT_THRESHOLD,
-    log: Callable[[str], None] | None = None,
-) -> list[LayerSensitivity]:
-    """Per-layer cost of palettizing that layer alone, measured by executing the program.
-
-    Runs the numpy Core ML interpreter on the program as converted (fp16) once for the baseline and
-    once per weight with that weight replaced by its k-means palettized value.
-    """
-    from runtime_py.coreml_interpreter import load_mlpackage
-    from runtime_py.parity import psnr
-
-    if not inputs:
-        raise CompressionError("mixed-bit selection needs at least one input sample to measure sensitivity")
-    with tempfile.TemporaryDirectory(prefix="coreml_sens_") as tmp:
-        path = Path(tmp) / "model.mlpackage"
-        mlmodel.save(str(path))
-        program = load_mlpackage(path)
-    output = program.outputs[0].name
-    baselines = [program.run(dict(sample))[output].astype(np.float32) for sample in inputs]
-    weights = compressible_weights(program, weight_threshold)
-    results = []
-    started = time.perf_counter()
-    for index, (name, elements) in enumerate(weights.items()):
-        original = program.constants[name]
-        program.constants[name] = kmeans_palettized(original, nbits)
-        try:
-            scores = [psnr(base, program.run(dict(sample))[output].astype(np.float32))
-                      for base, sample in zip(baselines, inputs)]
-        finally:
-            program.constants[name] = original
-        results.append(LayerSensitivity(name, elements, float(min(scores))))
-        if log and (index + 1) % 25 == 0:
-            log(f"    sensitivity {index + 1}/{len(weights)} ({time.perf_counter() - started:.0f} s)")
-    return results
+    def noise(self, bits: int) -> float:
+        """Predicted output noise power (relative to the output's peak squared) at ``bits``."""
+        if math.isinf(self.psnr_db) and self.psnr_db > 0:
+            return 0.0
+        measured = 10.0 ** (-self.psnr_db / 10.0)
+        if bits == self.measured_bits or not self.weight_mse:
+            return measured
+        base = self.weight_mse.get(self.measured_bits, 0.0)
+        return 0.0 if base <= 0.0 else measured * self.weight_mse[bits] / base
 
 
 def choose_bits(
@@ -138,38 +113,220 @@ def choose_bits(
     average_bits: float = 5.0,
     choices: Sequence[int] = MIXED_CHOICES,
 ) -> dict[str, int]:
-    """Bits per layer: most-sensitive layers (lowest PSNR alone at low bits) first get the most
-    bits that keep the element-weighted average within ``average_bits``; the rest get the fewest.
+    """Bits per layer within an element-weighted ``average_bits`` budget.
+
+    Every layer starts at the fewest bits; then, repeatedly, the one-step upgrade (to the next
+    choice) that removes the most predicted output noise per added bit is taken if it fits the
+    budget. Noise from different layers is treated as additive, so the most sensitive layers
+    (and the cheapest to protect) keep the most bits, and lossless layers are never upgraded.
     """
     choices = sorted(set(int(c) for c in choices))
     if not choices:
         raise CompressionError("no bit choices given")
     if not choices[0] <= average_bits <= choices[-1]:
         raise CompressionError(f"average bits {average_bits} must lie in [{choices[0]}, {choices[-1]}]")
+    step = {c: n for c, n in zip(choices, choices[1:])}
     bits = {s.name: choices[0] for s in sensitivities}
     total = sum(s.elements for s in sensitivities)
-    if total == 0:
-        return bits
-    budget = average_bits * total
+    budget = average_bits * total + 1e-9
     spent = choices[0] * total
-    for s in sorted(sensitivities, key=lambda s: (s.psnr_db, s.name)):
-        for candidate in reversed(choices[1:]):
-            extra = (candidate - bits[s.name]) * s.elements
-            if spent + extra <= budget + 1e-9:
-                spent += extra
-                bits[s.name] = candidate
+    while True:
+        best: tuple[float, str] | None = None
+        for s in sensitivities:
+            current = bits[s.name]
+            if current not in step:
+                continue
+            extra = (step[current] - current) * s.elements
+            if spent + extra > budget:
+                continue
+            gain = (s.noise(current) - s.noise(step[current])) / max(extra, 1)
+            if gain > 0 and (best is None or (gain, s.name) > best):
+                best = (gain, s.name)
+        if best is None:
+            return bits
+        name = best[1]
+        layer = next(s for s in sensitivities if s.name == name)
+        spent += (step[bits[name]] - bits[name]) * layer.elements
+        bits[name] = step[bits[name]]
+
+
+def predicted_psnr_db(sensitivities: Sequence[LayerSensitivity], bits: Mapping[str, int]) -> float:
+    """Output PSNR the additive-noise model predicts for a bit assignment (a planning figure only)."""
+    noise = sum(s.noise(bits[s.name]) for s in sensitivities)
+    return math.inf if noise <= 0 else -10.0 * math.log10(noise)
+
+
+def torch_layer_sensitivity(
+    module: Any,
+    inputs: Sequence[Sequence[Any]],
+    parameter_names: Sequence[str],
+    *,
+    choices: Sequence[int] = MIXED_CHOICES,
+    measured_bits: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[LayerSensitivity]:
+    """Score each named parameter by running ``module`` (torch, fp32) with it alone palettized.
+
+    ``inputs``: real samples (tuples of arrays in the module's argument order). The output PSNR is
+    the lowest over samples. ``measured_bits`` defaults to the fewest bits in ``choices``.
+    """
+    import torch
+
+    from runtime_py.parity import psnr
+
+    if not inputs:
+        raise CompressionError("mixed-bit selection needs at least one input sample to measure sensitivity")
+    measured_bits = min(choices) if measured_bits is None else measured_bits
+    samples = [tuple(torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in sample) for sample in inputs]
+    with torch.no_grad():
+        baselines = [module(*s).float().numpy() for s in samples]
+    results = []
+    started = time.perf_counter()
+    for index, name in enumerate(parameter_names):
+        param = module.get_parameter(name)
+        original = param.detach().clone()
+        w16 = original.numpy().astype(np.float16)
+        dense = {}
+        for bits in sorted(set(choices) | {measured_bits}):
+            dense[bits] = kmeans_palettized(w16, bits)
+        mse = {b: float(np.mean((d.astype(np.float32) - w16.astype(np.float32)) ** 2)) for b, d in dense.items()}
+        try:
+            with torch.no_grad():
+                param.copy_(torch.from_numpy(dense[measured_bits].astype(np.float32)))
+                scores = [psnr(base, module(*s).float().numpy()) for base, s in zip(baselines, samples)]
+        finally:
+            with torch.no_grad():
+                param.copy_(original)
+        results.append(LayerSensitivity(name, int(original.numel()), float(min(scores)), mse, measured_bits))
+        if log and ((index + 1) % 25 == 0 or index + 1 == len(parameter_names)):
+            log(f"    sensitivity {index + 1}/{len(parameter_names)} ({time.perf_counter() - started:.0f} s)")
+    return results
+
+
+@dataclass
+class MixedPlan:
+    """Bits per torch parameter for one component, and the measurements they came from."""
+
+    bits: dict[str, int]
+    sensitivities: list[LayerSensitivity]
+    average_bits_budget: float
+    choices: tuple[int, ...]
+    seconds: float = 0.0
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # fp16 weights, for matching consts
+    aliases: dict[str, str] = field(default_factory=dict)  # other names of the same parameters (e.g. at export)
+
+    @property
+    def average_bits(self) -> float:
+        total = sum(s.elements for s in self.sensitivities) or 1
+        return sum(self.bits[s.name] * s.elements for s in self.sensitivities) / total
+
+
+def plan_mixed_bits(
+    module: Any,
+    inputs: Sequence[Sequence[Any]],
+    parameter_names: Sequence[str],
+    average_bits: float = 5.0,
+    choices: Sequence[int] = MIXED_CHOICES,
+    weight_threshold: int = WEIGHT_THRESHOLD,
+    log: Callable[[str], None] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> MixedPlan:
+    """Measure the sensitivity of the module's compressible weights and choose their bits.
+
+    ``aliases``: other name -> parameter name, for parameters the converted program names differently.
+    """
+    choices = tuple(sorted(set(int(c) for c in choices)))
+    bad = [c for c in choices if c not in PALETTE_BITS]
+    if bad or not choices:
+        raise CompressionError(f"mixed bit choices must come from {PALETTE_BITS}, got {list(choices)}")
+    if not choices[0] <= average_bits <= choices[-1]:
+        raise CompressionError(f"average bits {average_bits} must lie in [{choices[0]}, {choices[-1]}]")
+    names = [n for n in parameter_names if module.get_parameter(n).numel() > weight_threshold]
+    started = time.perf_counter()
+    sensitivities = torch_layer_sensitivity(module, inputs, names, choices=choices, log=log)
+    bits = choose_bits(sensitivities, average_bits, choices)
+    arrays = {n: module.get_parameter(n).detach().numpy().astype(np.float16) for n in names}
+    return MixedPlan(bits, sensitivities, average_bits, choices, time.perf_counter() - started, arrays,
+                     {a: n for a, n in (aliases or {}).items() if n in arrays})
+
+
+def program_weight_consts(mlmodel: Any, weight_threshold: int = WEIGHT_THRESHOLD) -> dict[str, np.ndarray]:
+    """Float consts of a converted program that palettization would touch: name -> value."""
+    out = {}
+    for function in mlmodel._mil_program.functions.values():
+        for op in function.find_ops(op_type="const"):
+            value = getattr(op.outputs[0], "val", None)
+            consumers = [c for o in op.outputs for c in o.child_ops]
+            if (isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size > weight_threshold
+                    and consumers):
+                out[op.name] = value
+    return out
+
+
+def match_consts(consts: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
+                 aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Const name -> torch parameter name.
+
+    By name first (the torch.export frontend names a parameter's const ``p_<dotted name with _>``,
+    plus ``_to_fp16``), then by value: the same elements, possibly times one scale that a
+    converter pass folded in (e.g. attention's 1/sqrt(d) into the query projection).
+    """
+    by_key = {"p_" + n.replace(".", "_"): n for n in arrays}
+    by_key.update({"p_" + a.replace(".", "_"): n for a, n in (aliases or {}).items()})
+    out: dict[str, str] = {}
+    for cname, value in consts.items():
+        key = cname[: -len("_to_fp16")] if cname.endswith("_to_fp16") else cname
+        name = by_key.get(key)
+        if name is not None and arrays[name].size == value.size:
+            out[cname] = name
+            continue
+        c = value.astype(np.float32).ravel()
+        for pname, array in arrays.items():
+            if array.size != c.size:
+                continue
+            p = array.astype(np.float32).ravel()
+            denom = float(p @ p)
+            if denom == 0.0:
+                continue
+            scale = float(c @ p) / denom
+            if scale != 0.0 and float(np.max(np.abs(c - scale * p))) <= 2e-3 * float(np.max(np.abs(c))):
+                out[cname] = pname
                 break
-    return bits
+    return out
+
+
+def compress_mixed(mlmodel: Any, plan: MixedPlan, weight_threshold: int = WEIGHT_THRESHOLD) -> tuple[Any, dict[str, Any]]:
+    """Palettize each const at its parameter's planned bits; consts no scored parameter explains stay fp16."""
+    consts = program_weight_consts(mlmodel, weight_threshold)
+    matched = match_consts(consts, plan.arrays, plan.aliases)
+    per_const: dict[str, int | None] = {c: plan.bits[p] for c, p in matched.items()}
+    unmatched = sorted(set(consts) - set(matched))
+    per_const.update({c: None for c in unmatched})
+    compressed = palettize(mlmodel, max(plan.choices), weight_threshold, per_layer_bits=per_const)
+    scores = {s.name: s for s in plan.sensitivities}
+    total = sum(consts[c].size for c in matched) or 1
+    achieved = sum(plan.bits[p] * consts[c].size for c, p in matched.items()) / total
+    return compressed, {
+        "method": "k-means palettization, per-layer bits by measured sensitivity (torch, real tiles)",
+        "choices": list(plan.choices),
+        "average_bits_budget": plan.average_bits_budget,
+        "average_bits": achieved,
+        "predicted_psnr_db": predicted_psnr_db(plan.sensitivities, plan.bits),
+        "sensitivity_seconds": plan.seconds,
+        "weight_threshold": weight_threshold,
+        "kept_fp16": {c: int(consts[c].size) for c in unmatched},
+        "layers": {c: {"parameter": p, "bits": plan.bits[p], "elements": int(consts[c].size),
+                       f"psnr_db_alone_at_{scores[p].measured_bits}_bits": scores[p].psnr_db}
+                   for c, p in sorted(matched.items())},
+    }
 
 
 def compress_mlmodel(
     mlmodel: Any,
     precision: str,
     *,
-    sensitivity_inputs: Sequence[Mapping[str, np.ndarray]] = (),
-    average_bits: float = 5.0,
+    mixed_plan: MixedPlan | None = None,
     weight_threshold: int = WEIGHT_THRESHOLD,
-    log: Callable[[str], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Apply one recipe; returns the compressed model and a description for the manifest."""
     if precision == "w8":
@@ -180,19 +337,7 @@ def compress_mlmodel(
         return palettize(mlmodel, nbits, weight_threshold), {
             "method": f"k-means palettization, {nbits} bits, one LUT per tensor", "weight_threshold": weight_threshold}
     if precision == "mixed":
-        sensitivities = measure_sensitivity(mlmodel, sensitivity_inputs, nbits=min(MIXED_CHOICES),
-                                            weight_threshold=weight_threshold, log=log)
-        bits = choose_bits(sensitivities, average_bits)
-        compressed = palettize(mlmodel, min(MIXED_CHOICES), weight_threshold, per_layer_bits=bits)
-        total = sum(s.elements for s in sensitivities) or 1
-        achieved = sum(bits[s.name] * s.elements for s in sensitivities) / total
-        return compressed, {
-            "method": "k-means palettization, per-layer bits by measured sensitivity",
-            "choices": list(MIXED_CHOICES),
-            "average_bits_budget": average_bits,
-            "average_bits": achieved,
-            "weight_threshold": weight_threshold,
-            "layers": {s.name: {"bits": bits[s.name], "elements": s.elements, "psnr_db_alone_at_4_bits": s.psnr_db}
-                       for s in sensitivities},
-        }
+        if mixed_plan is None:
+            raise CompressionError("mixed compression needs a plan from plan_mixed_bits (measured sensitivity)")
+        return compress_mixed(mlmodel, mixed_plan, weight_threshold)
     raise CompressionError(f"unknown Core ML compression {precision!r}; choose one of {COMPRESSION_PRECISIONS}")

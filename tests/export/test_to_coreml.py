@@ -129,6 +129,23 @@ def test_cli_end_to_end_tiny(tmp_path, capsys) -> None:
     assert fns["decoder"](x0).shape == (1, 3, 128, 128)
 
 
+def test_cli_mixed_tiny_decoder(tmp_path) -> None:
+    """--precision mixed end to end: sensitivity measured on real tiles, per-layer bits recorded in
+    the manifest within the budget, and parity measured by executing the written package."""
+    from export.to_coreml import main
+    from runtime_py.manifest import read_manifest
+
+    out = tmp_path / "mixed"
+    assert main(["--config", "tiny", "--components", "decoder", "--precision", "mixed",
+                 "--mixed-average-bits", "4.5", "--parity-tiles", "1", "--out", str(out)]) == 0
+    entry = read_manifest(out).components["decoder"]
+    recipe = entry.extra["compression"]["decoder.mlpackage"]
+    assert recipe["average_bits"] <= 4.5 and {v["bits"] for v in recipe["layers"].values()} <= {4, 6, 8}
+    assert not recipe["kept_fp16"] and entry.extra["seconds"]["sensitivity"] > 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["meta"]["tested"] == "coreml mixed" and parity["components"]["decoder"]["psnr_db"] > 20.0
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys) -> None:
     from export.to_coreml import main
 
@@ -137,6 +154,12 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys) -> None:
     assert "unknown components ['unet']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--precision", "int3"])
+    with pytest.raises(SystemExit):
+        main(["--precision", "mixed", "--mixed-bits", "3,4", "--out", str(tmp_path / "x")])
+    assert "--mixed-bits must come from 1,2,4,6,8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--precision", "mixed", "--mixed-average-bits", "3.5", "--out", str(tmp_path / "x")])
+    assert "--mixed-average-bits must lie in [4, 8]" in capsys.readouterr().err
     code = main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--components", "encoder",
                  "--out", str(tmp_path / "y")])
     assert code == 2
