@@ -35,6 +35,8 @@ COMPONENTS = ("encoder", "denoiser", "decoder", "depth")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime_py.checkpoints.weight_args import add_weight_arguments
+
     parser = argparse.ArgumentParser(
         prog="to_coreml.py",
         description="Convert MagicBokeh's components (encoder, denoiser, decoder, depth) to Core ML ML programs, "
@@ -42,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(MLModel.predict on macOS, the numpy Core ML interpreter elsewhere).",
     )
     weights = parser.add_argument_group("weights (default: the built-in default model)")
-    weights.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (diffusers layout); needs --lora")
-    weights.add_argument("--lora", type=Path, help="the published lora.pkl (LoRAs, injector, focus LoRA); needs --sd21")
-    weights.add_argument("--checkpoint", type=Path, help="a native MagicBokeh checkpoint (.safetensors)")
-    weights.add_argument("--config", default=None,
-                         help="model configuration: shapes for --sd21 (default sd21), a guard for --checkpoint, "
-                              "or which built-in default model to build (default small; tiny for quick checks)")
+    add_weight_arguments(weights)
     weights.add_argument("--depth-checkpoint", type=Path,
                          help="Depth Anything V2 state dict (original layout, e.g. DAdepth.pth); default: a seeded "
                               "depth network of the configuration's depth size")
@@ -91,38 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_components(args: argparse.Namespace, names: Sequence[str]):
-    """(components, config dict, weights sha256, label) for the requested weights."""
-    from runtime_py.components import depth_component, tile_components
+    """(components, config, weights sha256, label) for the requested weights."""
+    from runtime_py.checkpoints import weights_sha256
+    from runtime_py.checkpoints.weight_args import load_weights
+    from runtime_py.components import export_components
 
-    if args.sd21 or args.lora or args.checkpoint:
-        from runtime_py.checkpoints import load_model, weights_sha256
-
-        model = load_model(sd21=args.sd21, lora=args.lora, checkpoint=args.checkpoint, config=args.config)
-        source = args.checkpoint or args.lora
-        label: dict | str = {"kind": "user-checkpoint", "source": str(source)}
-        digest = weights_sha256(model)
-    else:
-        from runtime_py.default_model import load_default_model
-
-        model, label = load_default_model(args.config)
-        try:
-            from runtime_py.checkpoints import weights_sha256
-
-            digest = weights_sha256(model)
-        except ImportError:  # pragma: no cover
-            digest = ""
-    components = dict(tile_components(model))
-    if "depth" in names:
-        from runtime_py.model.depth import build_depth_model
-
-        if args.depth_checkpoint is not None:
-            from runtime_py.checkpoints.depth_anything import load_depth_anything
-
-            depth_model = load_depth_anything(args.depth_checkpoint)
-        else:
-            depth_model = build_depth_model(model.config.depth_size)
-        components["depth"] = depth_component(depth_model, model.config)
-    return components, model.config, digest, label
+    model, label = load_weights(args)
+    return export_components(model, names, args.depth_checkpoint), model.config, weights_sha256(model), label
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,25 +63,6 @@ def load_torch_model(args: argparse.Namespace) -> tuple[Any, Any]:
         raise SystemExit(f"error: {exc}") from None
 
 
-def component_set(model: Any, names: Sequence[str], depth_checkpoint: Path | None) -> dict[str, Any]:
-    from runtime_py.components import tile_components
-
-    components = dict(tile_components(model))
-    if "depth" in names:
-        from runtime_py.components import depth_component
-
-        if depth_checkpoint is not None:
-            from runtime_py.checkpoints.depth_anything import load_depth_anything
-
-            depth_model = load_depth_anything(depth_checkpoint)
-        else:
-            from runtime_py.model.depth import build_depth_model
-
-            depth_model = build_depth_model(model.config.depth_size if model.config.depth_size == "test" else "test")
-        components["depth"] = depth_component(depth_model.eval(), model.config)
-    return components
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -95,13 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime_py.backends import get_backend
     from runtime_py.backends.torch_backend import TorchBackend
     from runtime_py.checkpoints import weights_sha256
+    from runtime_py.components import export_components
     from runtime_py.parity import ParityThresholds, run_parity, write_parity_report
     from runtime_py.samples import gather_samples
 
     recipes = [get_lowering_recipe(r) for r in (args.recipes or DEFAULT_RECIPES)]
     model, label = load_torch_model(args)
     config = model.config
-    components = component_set(model, args.components, args.depth_checkpoint)
+    components = export_components(model, args.components, args.depth_checkpoint)
     digest = weights_sha256(model)
     print(f"model: {config.name} ({label.get('description', label.get('kind'))}), weights sha256 {digest[:12]}...")
     rows = []

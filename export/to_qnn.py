@@ -113,29 +113,13 @@ def parse_overrides(values: Sequence[str]) -> dict[str, dict[str, list[dict]]]:
 
 
 def load_components(args: argparse.Namespace, names: Sequence[str] = COMPONENTS):
-    """(components, config dict, weights sha256, label) for the requested weights.
-
-    The depth component is built only when asked for: a published-size depth network is large,
-    and the tile components never need it.
-    """
+    """(components, config dict, weights sha256, label) for the requested weights."""
     from runtime_py.checkpoints import weights_sha256
-    from runtime_py.components import depth_component, tile_components
-
     from runtime_py.checkpoints.weight_args import load_weights
+    from runtime_py.components import export_components
 
     model, label = load_weights(args)
-    components = dict(tile_components(model))
-    if "depth" in names:
-        if args.depth_checkpoint is not None:
-            from runtime_py.checkpoints.depth_anything import load_depth_anything
-
-            depth_model = load_depth_anything(args.depth_checkpoint)
-        else:
-            from runtime_py.model.depth import build_depth_model
-
-            depth_model = build_depth_model(model.config.depth_size)
-        components["depth"] = depth_component(depth_model.eval(), model.config)
-    return components, model.config.to_dict(), weights_sha256(model), label
+    return export_components(model, names, args.depth_checkpoint), model.config.to_dict(), weights_sha256(model), label
 
 
 def main(argv: Sequence[str] | None = None) -> int:

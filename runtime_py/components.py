@@ -9,7 +9,8 @@ statements, and the backends check what they load against them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -192,3 +193,24 @@ class DepthComponent(Component):
 def depth_component(depth_model: nn.Module, config: MagicBokehConfig) -> DepthComponent:
     """The deployable depth component of ``depth_model`` at ``config.depth_input`` pixels square."""
     return DepthComponent(depth_model, config.depth_input).eval()
+
+
+def export_components(model: MagicBokeh, names: Sequence[str], depth_checkpoint: Path | str | None = None) -> dict[str, Component]:
+    """The components an exporter lowers: the tile components, plus ``depth`` when ``names`` asks for it.
+
+    Depth comes from ``depth_checkpoint`` (Depth Anything V2, original layout) or, without one, is a
+    seeded network of the configuration's depth size: the toolkit ships no depth weights, and the
+    tile components never need it, so it is built only on request.
+    """
+    components: dict[str, Component] = dict(tile_components(model))
+    if "depth" in names:
+        if depth_checkpoint is not None:
+            from .checkpoints.depth_anything import load_depth_anything
+
+            depth_model = load_depth_anything(depth_checkpoint)
+        else:
+            from .model.depth import build_depth_model
+
+            depth_model = build_depth_model(model.config.depth_size)
+        components["depth"] = depth_component(depth_model.eval(), model.config)
+    return components
