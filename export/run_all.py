@@ -151,7 +151,7 @@ def summarise(out: Path, targets: Sequence[Target], exports: dict[str, StepResul
             "parity": parity,
             "render": str(out / "renders" / f"{target.name}.png") if render and render.returncode == 0 else None,
             "render_exit": render.returncode if render else None,
-            "notes": " ".join(x for x in (target.notes, _htp_note(parity)) if x),
+            "notes": "; ".join(x for x in (target.notes, _htp_note(parity)) if x),
         })
     torch_render = renders.get("torch")
     return {"targets": rows, "reference_render": str(out / "renders" / "torch.png") if torch_render and torch_render.returncode == 0 else None}
