@@ -37,15 +37,21 @@ def _ratio(value: float | None, baseline: float | None) -> float | None:
     return value / baseline
 
 
-def run_sizes(label: str, exports: Mapping[str, Any]) -> dict[str, Any]:
-    """Artifact bytes per component for one backend run (from its export's manifest)."""
+def run_sizes(label: str, exports: Mapping[str, Any], skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Artifact bytes per component for one backend run (from its export's manifest).
+
+    ``skipped``: runs left out on purpose (e.g. by --quick), with the reason the report shows.
+    """
     run = get_backend_run(label)
     if run.artifact is None:
         return {"status": NOT_MEASURED, "reason": "no artifact: the in-memory torch model"}
+    if skipped and label in skipped:
+        return {"status": NOT_MEASURED, "reason": skipped[label]}
     export = exports.get(run.artifact)
-    if not export or export.get("status") != "ok":
-        reason = (export or {}).get("error") or "not exported"
-        return {"status": NOT_MEASURED, "reason": f"export {run.artifact} failed: {reason}"}
+    if not export:
+        return {"status": NOT_MEASURED, "reason": f"{run.artifact} was not exported in this run"}
+    if export.get("status") != "ok":
+        return {"status": NOT_MEASURED, "reason": f"export {run.artifact} failed: {export.get('error') or 'no error recorded'}"}
     kind = {"onnxruntime-fp32": "fp32", "qnn-htp": None}.get(run.backend, run.precision)
     components = {}
     for name, sizes in export["sizes"]["components"].items():

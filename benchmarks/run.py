@@ -288,7 +288,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                             if o.quick else "not requested (--no-full-scale)")
 
     latency = latency_section(runs)
-    sizes = {b: run_sizes(b, exports) for b in o.backends}
+    sizes = {b: run_sizes(b, exports, skipped) for b in o.backends}
     plans = plans_section(plans_raw, o.config, flops_for_tile)
     report.update({
         "exports": exports,

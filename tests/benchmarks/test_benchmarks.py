@@ -208,6 +208,7 @@ def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     assert data["exports"] == {}  # nothing exported for a backend that was not run
     assert any("qnn-htp-simulated" in r["what"] for r in data["not_run_in_quick"])
     assert any("executorch-xnnpack-int8" in r["what"] for r in data["not_run_in_quick"])
+    assert data["size"]["executorch-xnnpack-int8"]["reason"].startswith("not run in --quick")
     # The earlier full-scale measurement is merged as it was, with its source.
     assert data["full_scale"]["source"] == str(full_scale_file.resolve())
     assert data["full_scale"]["targets"]["onnx-fp32"]["seconds"] == 123.0
@@ -237,6 +238,9 @@ def test_sizes_per_backend_come_from_its_export():
     missing = run_sizes("executorch-xnnpack-int8", exports)
     assert missing["status"] == NOT_MEASURED and "lowering failed" in missing["reason"]
     assert run_sizes(BASELINE, exports)["status"] == NOT_MEASURED
+    skipped = run_sizes("qnn-htp-simulated-w8a16", exports, {"qnn-htp-simulated-w8a16": "not run in --quick (why)"})
+    assert skipped["status"] == NOT_MEASURED and skipped["reason"] == "not run in --quick (why)"
+    assert "not exported" in run_sizes("executorch-xnnpack-fp32", exports)["reason"]
 
 
 @pytest.mark.skipif(__import__("platform").system() == "Darwin", reason="checks the non-Apple refusal")
