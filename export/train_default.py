@@ -104,15 +104,11 @@ def cmd_pool(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from runtime_py.model import build_model
     from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED, evaluate_model
-    from runtime_py.training.trainer import TrainConfig, load_checkpoint, model_config_of
+    from runtime_py.training.trainer import load_trained_model
 
     torch.set_num_threads(args.threads)
-    state = json.loads((Path(args.run_dir) / "checkpoint.json").read_text())
-    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(model_config_of(config), seed=0)
-    load_checkpoint(Path(args.run_dir), model)
+    model, state = load_trained_model(args.run_dir)
     seeds = list(range(HELD_OUT_FIRST_SEED, HELD_OUT_FIRST_SEED + args.scenes))
     summary, _ = evaluate_model(model.eval(), seeds, args.size, "dead_leaves")
     summary.pop("per_scene")
@@ -186,8 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime_py.training.data import TrainingDataError
+    from runtime_py.training.trainer import TrainingError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (TrainingError, TrainingDataError) as exc:
+        print(f"train_default {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ generated from that JSON, never typed.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -19,9 +18,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import atomic_path, write_json, write_text
-from ..model import MagicBokeh, build_model, get_config
+from ..model import MagicBokeh, get_config
 from .evaluate import HELD_OUT_FIRST_SEED, evaluate_model
-from .trainer import CHECKPOINT_STATE, TrainConfig, load_checkpoint, model_config_of
+from .trainer import load_trained_model
 
 WEIGHTS_FILE = "magicbokeh_small.safetensors"
 METRICS_FILE = "metrics.json"
@@ -237,15 +236,10 @@ def finish_default_model(run_dir: Path, weights_dir: Path, num_scenes: int = 12,
 
     # One thread: on a shared 2-core machine a second thread mostly waits for the first.
     torch.set_num_threads(1)
-    state = json.loads((Path(run_dir) / CHECKPOINT_STATE).read_text()) if (Path(run_dir) / CHECKPOINT_STATE).is_file() else {}
-    train_config = TrainConfig(**{k: v for k, v in state.get("config", {}).items() if k in TrainConfig.__dataclass_fields__}) \
-        if state else None
-    model_config = model_config_of(train_config) if train_config else get_config("small")
-    if model_config != get_config("small"):
+    model, meta = load_trained_model(run_dir)
+    if model.config != get_config("small"):
         raise ValueError(f"the run in {run_dir} trained a configuration that differs from CONFIGS['small'] "
-                         f"(overrides {train_config.model_overrides}); make it the `small` configuration first")
-    model = build_model(model_config, seed=0)
-    meta = load_checkpoint(Path(run_dir), model)
+                         f"(overrides {meta['config'].get('model_overrides')}); make it the `small` configuration first")
     model.eval()
     weights_dir.mkdir(parents=True, exist_ok=True)
     weights_path = save_native(model, weights_dir / WEIGHTS_FILE, dtype=torch.float16)

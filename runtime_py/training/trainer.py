@@ -227,6 +227,21 @@ def load_checkpoint(run_dir: Path, model: MagicBokeh, optimizer: torch.optim.Opt
     return meta
 
 
+def load_trained_model(run_dir: Path | str) -> tuple[MagicBokeh, dict[str, Any]]:
+    """A run's model (its configuration with the run's overrides, weights from its checkpoint) and state."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / CHECKPOINT_STATE
+    if not state_path.is_file():
+        raise TrainingError(f"no complete checkpoint in {run_dir}")
+    try:
+        saved = json.loads(state_path.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"checkpoint in {run_dir} cannot be read: {exc}") from exc
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    model = build_model(model_config_of(config), seed=0)
+    return model, load_checkpoint(run_dir, model)
+
+
 # -- the loop --------------------------------------------------------------------------------------
 
 

@@ -192,3 +192,22 @@ def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
     mtime = paths[0].stat().st_mtime_ns
     build_scene_pool_shards(specs, tmp_path / "par", workers=2)  # present shards are kept, not rebuilt
     assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_a_run_loads_with_its_overrides_and_cli_errors_are_clear(tmp_path, capsys):
+    from export.train_default import main
+    from runtime_py.training.trainer import load_trained_model
+
+    model = build_model(build_model("tiny").config.replace(latent_channels=8), seed=4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    config = {"pool_files": ["x"], "run_dir": str(tmp_path), "model_config": "tiny",
+              "model_overrides": {"latent_channels": 8}}
+    save_checkpoint(tmp_path / "run", model, optimizer, {"step": 2, "history": [], "config": config})
+    loaded, state = load_trained_model(tmp_path / "run")
+    assert loaded.config.latent_channels == 8 and state["step"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    for command in ("evaluate", "pack"):
+        argv = [command, "--run-dir", str(tmp_path / "missing")] + (["--out", str(tmp_path / "o")] if command == "pack" else [])
+        assert main(argv) == 2
+        assert "no complete checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written for a missing run
