@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 NOT_MEASURED = "not measured"
 COREML_TIMING_SCHEMA = "magicbokeh-coreml-mac-timing"
@@ -32,6 +32,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level")
     return data
+
+
+def _usable_files(paths: Iterable[Path], problem: Callable[[Path, dict[str, Any]], str | None]
+                  ) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """Read each result file; keep those ``problem`` accepts (returns None), list why the others were not."""
+    usable, errors = [], []
+    for path in paths:
+        try:
+            data = _read_json(path)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        reason = problem(path, data)
+        if reason is None:
+            usable.append((path, data))
+        else:
+            errors.append(reason)
+    return usable, errors
 
 
 def find_files(roots: Iterable[Path | str], name: str) -> list[Path]:
@@ -54,16 +72,14 @@ def load_hub_results(paths: Iterable[Path]) -> dict[str, Any]:
         return not_measured("no AI Hub results (hub.json) found: run `python export/to_qnn.py --hub` with an "
                             "AI Hub API token, then pass its artifacts folder with --hub-results")
     devices: dict[str, Any] = {}
-    errors = []
-    for path in paths:
-        try:
-            data = _read_json(path)
-        except ValueError as exc:
-            errors.append(str(exc))
-            continue
+
+    def problem(path: Path, data: dict[str, Any]) -> str | None:
         if not isinstance(data.get("devices"), dict):
-            errors.append(f"{path}: no 'devices' object (not an export/to_qnn.py --hub result)")
-            continue
+            return f"{path}: no 'devices' object (not an export/to_qnn.py --hub result)"
+        return None
+
+    usable, errors = _usable_files(paths, problem)
+    for path, data in usable:
         for device, rows in data["devices"].items():
             devices.setdefault(device, {})
             for component, row in rows.items():
@@ -87,16 +103,14 @@ def load_coreml_timings(paths: Iterable[Path]) -> dict[str, Any]:
                             "run `python benchmarks/coreml_mac_timing.py ARTIFACTS` on a Mac and pass the JSON "
                             "with --coreml-timings")
     machines: dict[str, Any] = {}
-    errors = []
-    for path in paths:
-        try:
-            data = _read_json(path)
-        except ValueError as exc:
-            errors.append(str(exc))
-            continue
+
+    def problem(path: Path, data: dict[str, Any]) -> str | None:
         if data.get("schema") != COREML_TIMING_SCHEMA or not isinstance(data.get("results"), dict):
-            errors.append(f"{path}: not a {COREML_TIMING_SCHEMA} file")
-            continue
+            return f"{path}: not a {COREML_TIMING_SCHEMA} file"
+        return None
+
+    usable, errors = _usable_files(paths, problem)
+    for path, data in usable:
         machine = str(data.get("machine", {}).get("name") or path.parent.name)
         machines[machine] = {"machine": data.get("machine"), "precision": data.get("precision"),
                              "results": data["results"], "source": str(path)}
