@@ -84,6 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
+        bf16=not args.fp32,
+        vae_init=args.vae_init,
         extra={"command": "python -m export.train_default " + " ".join(shlex.quote(a) for a in sys.argv[1:])},
     )
     result = train(config, resume=not args.restart)
@@ -160,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-workers", type=int, default=0, help="data-loader processes")
     t.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     t.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    t.add_argument("--vae-init", choices=("analytic", "random"), default="analytic",
+                   help="'analytic': the VAE starts as block means + bilinear upsampling (needs 4 GroupNorm groups "
+                        "or fewer per 16 channels); 'random': diffusers' initialisation")
+    t.add_argument("--fp32", action="store_true", help="train in float32 (default: bfloat16 autocast, float32 weights)")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="print held-out figures (model / input / Gaussian blur vs teacher) of a run as JSON")

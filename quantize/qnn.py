@@ -9,8 +9,9 @@ LayerNorm); activations are
 unsigned 8 or 16 bit, asymmetric, calibrated with min/max over real tiles.
 
 Per-tensor overrides keep sensitive tensors at higher precision. The built-in one: the denoiser's
-last step ``x0 = (z - sqrt(1-a) eps) / sqrt(a)`` multiplies eps errors by ~15 (a = 0.0047 at
-t = 999), so ``eps`` and everything after it stay 16-bit even in a W8A8 graph.
+last step ``x0 = (z - sqrt(1-a) eps) / sqrt(a)`` multiplies eps errors by sqrt(1-a) / sqrt(a)
+(~15 at SD2.1's t = 999, where a = 0.0047), so ``eps`` and everything after it stay 16-bit even
+in a W8A8 graph.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _latent_spec(config: MagicBokehConfig, name: str, description: str) -> Tenso
 
 
 class EncoderComponent(Component):
-    """RGB tile (1, 3, T, T), sRGB in [-1, 1] -> scaled latent mean (1, 4, T/8, T/8)."""
+    """RGB tile (1, 3, T, T), sRGB in [-1, 1] -> scaled latent mean (1, C, T/f, T/f), f the VAE factor."""
 
     name = "encoder"
 
@@ -120,7 +120,7 @@ class DenoiserComponent(Component):
 
 
 class DecoderComponent(Component):
-    """Scaled latent (1, 4, T/8, T/8) -> RGB tile (1, 3, T, T) in [-1, 1] (clamped)."""
+    """Scaled latent (1, C, T/f, T/f) -> RGB tile (1, 3, T, T) in [-1, 1] (clamped)."""
 
     name = "decoder"
 

@@ -10,8 +10,8 @@ Two kinds of student:
 
 Both keep the tile interface ``encode(rgb) / denoise(latent, defocus, in_focus) / decode(x0)``
 and a ``.config``, so ``runtime_py.components.tile_components`` and every exporter take them.
-Students keep the teacher's latent space shape (4 channels, VAE factor 8) so that the teacher's
-latents can be distilled into the student's small VAE directly.
+Students keep the teacher's latent space shape (latent channels, VAE factor) and one-step timestep
+so that the teacher's latents can be distilled into the student's small VAE directly.
 """
 
 from __future__ import annotations
@@ -72,13 +72,16 @@ STUDENT_CONFIGS: dict[str, MagicBokehConfig] = {
         name="small-mobile",
         block_out_channels=(16, 32, 48, 48),
         attention_heads=(1, 1, 2, 2),
+        attention_levels=(False, True, True, True),
         layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim_of_base=16,
-        cond_embedding_channels=(8, 16, 16, 32),
-        vae_block_out_channels=(8, 16, 32, 32),
+        cond_embedding_channels=(8, 16, 16),
+        vae_block_out_channels=(8, 16, 32),
         vae_layers_per_block=1,
-        vae_norm_num_groups=8,
+        vae_norm_num_groups=4,
+        latent_channels=16,
+        timestep=50,
         focus_rank=2,
         depth_size="test",
         extra={"teacher": "small"},

@@ -25,7 +25,7 @@ from ..model.sampling import RENOISE_MODES, draw_noises, sample_latent
 @dataclass
 class TeacherOutput:
     """``rgb`` (B, 3, T, T) in [-1, 1]; ``x0`` the final clean latent and ``latent`` the encoded
-    input (both scaled, B x 4 x T/8 x T/8) when the teacher is a latent diffusion model."""
+    input (both scaled, B x C x T/f x T/f) when the teacher is a latent diffusion model."""
 
     rgb: torch.Tensor
     x0: torch.Tensor | None = None

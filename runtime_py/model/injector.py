@@ -16,7 +16,7 @@ from diffusers.models.unets.unet_2d_blocks import get_down_block
 from torch import nn
 
 from .config import MagicBokehConfig
-from .unet import DOWN_BLOCK_TYPES, remove_cross_attention, time_embedding
+from .unet import down_block_types, remove_cross_attention, time_embedding
 
 
 class Injector(nn.Module):
@@ -35,7 +35,7 @@ class Injector(nn.Module):
         self.down_blocks = nn.ModuleList()
         self.controlnet_down_blocks = nn.ModuleList([self._zero_conv(channels[0])])
         out_ch = channels[0]
-        for i, block_type in enumerate(DOWN_BLOCK_TYPES):
+        for i, block_type in enumerate(down_block_types(config)):
             in_ch, out_ch = out_ch, channels[i]
             is_last = i == len(channels) - 1
             self.down_blocks.append(
@@ -68,7 +68,7 @@ class Injector(nn.Module):
         return conv
 
     def embed_condition(self, defocus: torch.Tensor) -> torch.Tensor:
-        """Defocus map (B, 1, T, T) in [0, K/32] -> conditioning features (B, C0, T/8, T/8)."""
+        """Defocus map (B, 1, T, T) in [0, K/32] -> conditioning features (B, C0, T/f, T/f)."""
         cond = (2.0 * defocus - 1.0).expand(-1, 3, -1, -1)
         return self.controlnet_cond_embedding(cond)
 

@@ -67,7 +67,7 @@ class TileStages:
 
     # -- the three stages ---------------------------------------------------------------------
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB (B, 3, T, T) in [-1, 1] -> scaled latent mean (B, 4, T/8, T/8)."""
+        """RGB (B, 3, T, T) in [-1, 1] -> scaled latent mean (B, C, T/f, T/f), f the VAE factor."""
         return encode_mean(self.vae, rgb) * self.config.latent_scale
 
     def predict_noise(
@@ -76,7 +76,8 @@ class TileStages:
         raise NotImplementedError
 
     def denoise(self, latent: torch.Tensor, defocus: torch.Tensor, in_focus: torch.Tensor) -> torch.Tensor:
-        """One DDPM step from t = 999 to the clean latent: ``x0 = (z - sqrt(1-a) eps) / sqrt(a)``."""
+        """One DDPM step from ``config.timestep`` (999 for SD2.1) to the clean latent:
+        ``x0 = (z - sqrt(1-a) eps) / sqrt(a)``."""
         eps = self.predict_noise(latent, defocus, in_focus)
         return (latent - self.sqrt_one_minus_alpha * eps) / self.sqrt_alpha
 
@@ -117,7 +118,7 @@ class MagicBokeh(TileStages, nn.Module):
         num_steps: int = 1,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """N-step sampling: predict x0 at t = 999, then re-noise to lower timesteps and denoise.
+        """N-step sampling: predict x0 at ``config.timestep``, then re-noise to lower timesteps and denoise.
 
         With ``num_steps=1`` this is exactly :meth:`forward`. The injector and UNet take the
         timestep, so later steps see the timestep they are run at.

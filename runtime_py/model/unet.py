@@ -15,8 +15,21 @@ from torch import nn
 from .config import MagicBokehConfig
 from .focus_attention import FocusAttnProcessor
 
-DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+def down_block_types(config: MagicBokehConfig) -> tuple[str, ...]:
+    """diffusers down-block types, finest level first (SD2.1: attention at all but the coarsest)."""
+    if len(config.attention_levels) != len(config.block_out_channels):
+        raise ValueError(
+            f"attention_levels has {len(config.attention_levels)} entries for "
+            f"{len(config.block_out_channels)} UNet levels"
+        )
+    return tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.attention_levels)
+
+
+def up_block_types(config: MagicBokehConfig) -> tuple[str, ...]:
+    """diffusers up-block types, coarsest level first (the down blocks mirrored)."""
+    return tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention_levels))
 
 
 def unet_diffusers_config(config: MagicBokehConfig) -> dict:
@@ -25,8 +38,8 @@ def unet_diffusers_config(config: MagicBokehConfig) -> dict:
         sample_size=config.latent_tile,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
-        down_block_types=DOWN_BLOCK_TYPES,
-        up_block_types=UP_BLOCK_TYPES,
+        down_block_types=down_block_types(config),
+        up_block_types=up_block_types(config),
         mid_block_type=None,
         block_out_channels=config.block_out_channels,
         layers_per_block=config.layers_per_block,

@@ -52,7 +52,15 @@ def gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def bokeh_loss(output: torch.Tensor, teacher: torch.Tensor, ssim_weight: float = 0.2, gradient_weight: float = 0.5) -> dict[str, torch.Tensor]:
-    """L1 + SSIM + gradient terms on images in [-1, 1]; returns the terms and their ``total``."""
+    """L1 + SSIM + gradient terms on images in [-1, 1]; returns the terms and their ``total``.
+
+    Computed in float32 even inside a bfloat16 autocast region (SSIM's local variances need it).
+    """
+    with torch.autocast(output.device.type, enabled=False):
+        return _bokeh_loss_fp32(output.float(), teacher.float(), ssim_weight, gradient_weight)
+
+
+def _bokeh_loss_fp32(output: torch.Tensor, teacher: torch.Tensor, ssim_weight: float, gradient_weight: float) -> dict[str, torch.Tensor]:
     out01, ref01 = (output + 1.0) * 0.5, (teacher + 1.0) * 0.5
     terms = {
         "l1": (output - teacher).abs().mean(),

@@ -6,10 +6,10 @@ Two phases, both on the pipeline's exact tile inputs:
    published model starts from SD2.1's VAE; ours starts from nothing, so it first needs a latent
    space worth denoising in).
 2. ``end_to_end``: the whole one-step model, ``x -> encode -> injector + UNet (focus-aware
-   attention) -> one DDPM step at t = 999 -> decode``, is compared with the teacher in pixels
-   (L1 + SSIM + gradient terms) and, in latent space, ``x0`` with the encoding of the teacher
-   (the one-step update amplifies the UNet's errors about 15x; the latent term gives it a
-   well-scaled direct signal).
+   attention) -> one DDPM step at the configuration's timestep -> decode``, is compared with
+   the teacher in pixels (L1 + SSIM + gradient terms) and, in latent space, ``x0`` with the
+   encoding of the teacher (the one-step update scales the UNet's errors by
+   ``sqrt(1-a) / sqrt(a)``, 15x at SD2.1's t = 999; the latent term gives it a direct signal).
 
 The loop runs under ``accelerate`` (model, optimiser and data loader go through
 ``Accelerator.prepare``), so the same code trains on a GPU or several; here it runs on CPU. It
@@ -35,6 +35,7 @@ from ..atomic import atomic_path, write_json
 from ..model import MagicBokeh, MagicBokehConfig, build_model, get_config
 from .data import SceneTileDataset, load_scene_pool
 from .losses import bokeh_loss
+from .vae_init import init_vae_as_autoencoder
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -69,6 +70,15 @@ class TrainConfig:
     ssim_weight: float = 0.2
     gradient_weight: float = 0.5
     grad_clip: float = 1.0
+    # bfloat16 autocast for the forward passes (weights and optimiser stay float32): 1.3-1.7x
+    # faster on CPUs with AMX / AVX512-BF16 and on GPUs; held-out figures are computed in float32.
+    bf16: bool = True
+    # Start the UNet's conv_out at zero so that the first one-step output is x0 = z / sqrt(a):
+    # the model begins as its own autoencoder and learns corrections (fresh runs only).
+    zero_unet_output: bool = True
+    # "analytic": the VAE starts as block means + bilinear upsampling (runtime_py.training.vae_init),
+    # readouts fit on pool images; "random": diffusers' initialisation (fresh runs only).
+    vae_init: str = "analytic"
     max_minutes: float = 48.0
     # "steps": phases and learning-rate decay follow autoencoder_steps / total_steps (exactly
     # reproducible). "time": they follow the wall clock (autoencoder_fraction of max_minutes,
@@ -92,6 +102,8 @@ class TrainConfig:
             raise TrainingError("no scene pool files given")
         if self.max_minutes <= 0:
             raise TrainingError("max_minutes must be positive")
+        if self.vae_init not in ("analytic", "random"):
+            raise TrainingError(f"vae_init must be 'analytic' or 'random', got {self.vae_init!r}")
         if self.schedule not in ("steps", "time"):
             raise TrainingError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
         if not 0.0 <= self.autoencoder_fraction < 1.0:
@@ -272,6 +284,15 @@ def _end_to_end_loss(model: MagicBokeh, batch: dict[str, torch.Tensor], config: 
     return terms
 
 
+def _readout_images(pool: dict, scenes: int = 8) -> torch.Tensor:
+    """Degraded inputs and teachers of the first pool scenes, (2N, 3, S, S) in [-1, 1]: what the
+    analytic VAE's readouts are fit on (the images the model reads and writes)."""
+    degraded = torch.from_numpy(pool["degraded"][:scenes])
+    teachers = torch.from_numpy(pool["teachers"][:scenes, 0])
+    images = torch.cat([degraded, teachers]).permute(0, 3, 1, 2).float()
+    return images / 127.5 - 1.0
+
+
 class _IndexRange(torch.utils.data.Sampler[int]):
     """Sample indices ``start .. stop - 1`` in order (samples are random per index; resumable)."""
 
@@ -292,7 +313,13 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
     config.validate()
     torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
+    pool = load_scene_pool(config.pool_files)
     model = build_model(model_config_of(config), seed=config.init_seed).train()
+    if config.zero_unet_output:
+        torch.nn.init.zeros_(model.unet.conv_out.weight)
+        torch.nn.init.zeros_(model.unet.conv_out.bias)
+    if config.vae_init == "analytic":
+        init_vae_as_autoencoder(model.vae, model.config.latent_scale, _readout_images(pool))
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start_step, history, elapsed_before = 0, [], 0.0
     if resume and (run_dir / CHECKPOINT_STATE).is_file():
@@ -302,7 +329,6 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
         start_step, history, elapsed_before = meta["step"], meta.get("history", []), meta.get("train_seconds", 0.0)
         log(f"resumed from step {start_step}")
 
-    pool = load_scene_pool(config.pool_files)
     dataset = SceneTileDataset(pool, config.crop, length=config.total_steps * config.batch_size, seed=config.data_seed)
     loader = DataLoader(
         dataset,
@@ -357,10 +383,11 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
                 factor = _warm_cosine(step - ae_end_step, (elapsed - ae_time) / max(1.0, budget - ae_time), config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        if in_autoencoder:
-            terms = _autoencoder_loss(core, batch, config, step)
-        else:
-            terms = _end_to_end_loss(core, batch, config)
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            if in_autoencoder:
+                terms = _autoencoder_loss(core, batch, config, step)
+            else:
+                terms = _end_to_end_loss(core, batch, config)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(terms["total"])
         if config.grad_clip > 0:

@@ -56,3 +56,18 @@ def test_corrupt_weights_are_an_error(tmp_path):
     flipped.write_bytes(bytes(data))
     with pytest.raises(DefaultModelError, match="cannot be loaded"):
         load_default_model(weights_path=flipped)
+
+
+def test_the_label_quotes_the_measured_held_out_figures(tmp_path):
+    import json
+
+    from runtime_py.default_model import DEFAULT_METRICS, HELD_OUT_SET, trained_description
+
+    held = json.loads(DEFAULT_METRICS.read_text())["evaluation"][HELD_OUT_SET]
+    text = trained_description()
+    assert f"{held['model']['psnr']:.2f} dB" in text and f"{held['input']['psnr']:.2f} dB" in text
+    assert f"{held['gaussian_blur']['psnr']:.2f} dB" in text
+    assert load_default_model()[1]["description"] == text
+    assert "not measured" in trained_description(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    assert "not measured" in trained_description(tmp_path / "bad.json")

@@ -40,22 +40,53 @@ def test_topology_matches_published_changes(tiny):
     assert not any("attn2" in k for k in tiny.injector.state_dict())
 
 
-def test_one_step_matches_diffusers_ddpm_step(tiny):
-    """x0 = (z - sqrt(1-a) eps) / sqrt(a) at t=999 is what DDPMScheduler.step computes (no clipping)."""
-    cfg = tiny.config
+def test_attention_levels_place_attention_and_focus_layers():
+    """The default model's layout (no attention at the finest level) keeps 9 focus layers and 12
+    injector residuals, and its attention runs on the token grids SD2.1's runs on at 512 px."""
+    from runtime_py.model.unet import down_block_types, up_block_types
+
+    small = get_config("small")
+    assert down_block_types(small) == ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3
+    assert up_block_types(small) == ("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)
+    sd21 = get_config("sd21")
+    grids = lambda cfg: [cfg.latent_tile // 2**i for i, a in enumerate(cfg.attention_levels) if a]  # noqa: E731
+    assert grids(small) == [64, 32, 16] and grids(sd21) == [64, 32, 16]
+    shifted = get_config("tiny").replace(attention_levels=(False, True, True, True))
+    model = build_model(shifted, seed=0)
+    assert len(focus_attention_layers(model.unet)) == 9
+    assert len(model.injector.controlnet_down_blocks) == 12
+    rgb, defocus, in_focus = _tile_inputs(shifted)
+    with torch.no_grad():
+        assert torch.isfinite(model(rgb, defocus, in_focus)).all()
+    with pytest.raises(ValueError, match="attention_levels has 3 entries for 4 UNet levels"):
+        build_model(get_config("tiny").replace(attention_levels=(True, True, False)))
+
+
+@pytest.mark.parametrize("timestep", [999, 100])
+def test_one_step_matches_diffusers_ddpm_step_at_the_configured_timestep(timestep):
+    """x0 = (z - sqrt(1-a) eps) / sqrt(a) at the config's t is what DDPMScheduler.step computes
+    (no clipping): SD2.1's t = 999 and the default model's t = 100."""
+    model = build_model(get_config("tiny").replace(timestep=timestep), seed=0)
+    cfg = model.config
     rgb, defocus, in_focus = _tile_inputs(cfg)
     with torch.no_grad():
-        z = tiny.encode(rgb)
-        eps = tiny.predict_noise(z, defocus, in_focus)
-        ours = tiny.denoise(z, defocus, in_focus)
+        z = model.encode(rgb)
+        eps = model.predict_noise(z, defocus, in_focus)
+        ours = model.denoise(z, defocus, in_focus)
     sched = make_scheduler(cfg)
-    a = float(sched.alphas_cumprod[999])
-    assert math.isclose(a, 0.00466009508818388, rel_tol=1e-6)
-    sched.set_timesteps(timesteps=[999])  # one step, from 999 to -1, as the published inference
-    step = sched.step(eps, 999, z, generator=torch.Generator().manual_seed(0))
-    # The scheduler adds std 1e-10 noise at t=999 (variance clamped to 1e-20): negligible.
+    a = float(sched.alphas_cumprod[timestep])
+    assert math.isclose(a, {999: 0.00466009508818388, 100: 0.894223153591156}[timestep], rel_tol=1e-6)
+    sched.set_timesteps(timesteps=[timestep])  # one step, from t to -1, as the published inference
+    step = sched.step(eps, timestep, z, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(step.pred_original_sample, ours, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(step.prev_sample, ours, rtol=1e-5, atol=1e-5)
+    if timestep == 999:  # the scheduler adds std 1e-10 noise there (variance clamped to 1e-20)
+        torch.testing.assert_close(step.prev_sample, ours, rtol=1e-5, atol=1e-5)
+    # With a zero output layer the step is a plain rescaling of the latent: the start the
+    # default model's training relies on (x0 = z / sqrt(a), 1.06 z at t = 100).
+    torch.nn.init.zeros_(model.unet.conv_out.weight)
+    torch.nn.init.zeros_(model.unet.conv_out.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(model.denoise(z, defocus, in_focus), z / math.sqrt(a))
 
 
 def test_tokens_in_focus_is_nearest_interpolation():

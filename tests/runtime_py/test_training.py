@@ -121,14 +121,14 @@ def test_thirty_steps_on_tiny_reduce_the_loss_and_resume(pool_file, tmp_path):
     config = TrainConfig(
         pool_files=[str(pool_file)], run_dir=str(tmp_path / "run"), model_config="tiny", crop=64, batch_size=2,
         autoencoder_steps=0, total_steps=30, lr=1e-3, warmup_steps=3, log_every=5, checkpoint_every=10,
-        num_workers=0, threads=1, max_minutes=5.0,
+        num_workers=0, threads=1, max_minutes=5.0, vae_init="random",
     )
     logs: list[str] = []
     result = train(config, resume=False, log=logs.append)
     assert result.steps_done == 30 and result.stopped_by == "steps"
     losses = [h["total"] for h in result.history]
-    # A random one-step model starts far off (its x0 error is amplified ~15x); 30 steps of Adam
-    # must at least take a third off the loss of the first logged window.
+    # A random one-step model starts far off (a random VAE; at tiny's t = 999 x0 = 15 z); 30
+    # steps of Adam must at least take a third off the loss of the first logged window.
     assert losses[-1] < 0.67 * losses[0], losses
     state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert state["step"] == 30
@@ -137,6 +137,30 @@ def test_thirty_steps_on_tiny_reduce_the_loss_and_resume(pool_file, tmp_path):
     again = train(config, resume=True, log=logs.append)
     assert again.steps_done == 30
     assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, tmp_path):
+    """With the analytic VAE, a zero UNet output and the default model's t = 50, the untrained
+    model already returns (a 1 / sqrt(a) = 1.025 brighter copy of) its input; a random VAE does not."""
+    import math
+
+    from runtime_py.training.data import load_scene_pool
+
+    layout = {"vae_block_out_channels": [16, 16, 16], "vae_norm_num_groups": 4, "latent_channels": 4,
+              "timestep": 50}
+    pool = load_scene_pool([pool_file])
+    x = torch.from_numpy(pool["degraded"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    fidelity = {}
+    for init in ("analytic", "random"):
+        config = TrainConfig(pool_files=[str(pool_file)], run_dir=str(tmp_path / init), model_config="tiny",
+                             model_overrides=layout, crop=64, batch_size=1, autoencoder_steps=0, total_steps=1,
+                             lr=0.0, num_workers=0, threads=1, vae_init=init)
+        model = train(config, resume=False, log=lambda *_: None).model  # lr 0: the weights are the start
+        d = torch.full((x.shape[0], 1, 64, 64), 0.5)
+        with torch.no_grad():
+            out = model(x, d, torch.zeros_like(d))
+        fidelity[init] = 10 * math.log10(4.0 / float(((out - x) ** 2).mean()))
+    assert fidelity["analytic"] > 20.0 and fidelity["random"] < 15.0, fidelity
 
 
 def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
