@@ -12,17 +12,20 @@ good autoencoder, though, and it can be written down directly:
   (3/4, 1/4) at both output phases;
 * every resnet and attention block starts as the identity (its last conv / output projection at
   zero, its 1 x 1 shortcut copying the colour channels), as zero-initialised residual branches do;
-* before each ``conv_out`` diffusers normalises with GroupNorm, per image, then SiLU. Two constant
-  anchor channels (+A, -A) in each group that carries a colour make the group's statistics almost
-  independent of the image, a GroupNorm bias moves SiLU's input into its near-linear range, and the
-  ``conv_out`` readout (centre tap) is fit by least squares on sample images, which absorbs what is
-  left (the group mean, SiLU's curvature).
+* before each ``conv_out`` diffusers normalises with GroupNorm, per image, then SiLU. Each colour
+  travels with its negation, so every group's mean is exactly zero, and two constant anchor
+  channels (+A, -A) per group make its standard deviation almost independent of the image
+  (A^2 against the colour's mean square); a GroupNorm bias moves SiLU's input into its near-linear
+  range. Each output of ``conv_out`` then reads a single channel (centre tap, slope and offset fit
+  by least squares on sample images): one weight per output channel, which per-channel 8-bit
+  weight quantization represents exactly, so W8 deployments keep the autoencoder intact.
 
 Block means plus bilinear upsampling reconstruct the degraded training inputs at about 34 dB PSNR
 for a 4x VAE (digital-zoom inputs are smooth); training then starts from there, with every
-parameter free. The colour channels sit at 0, 4, 8 of every feature map (latent channels 0, 1, 2,
-scaled so that E[z^2] is near the range the trainer keeps it at) so that, with 4 GroupNorm
-groups, each colour has a group of its own at a 16-channel level.
+parameter free. The colours sit at channels 0, 4, 8 of every feature map and their negations at
+1, 5, 9 (latent channels 0, 1, 2 hold the colours, scaled so that E[z^2] is near the range the
+trainer keeps it at), so that, with 4 GroupNorm groups, each colour has a group of its own at a
+16-channel level.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 COLOUR_CHANNELS = (0, 4, 8)
+NEGATED_CHANNELS = (1, 5, 9)
+CARRIED = COLOUR_CHANNELS + NEGATED_CHANNELS
 ANCHOR = 4.0
 SILU_SHIFT = 8.0
 LATENT_GAIN = 6.0  # colour latents z = 6 * block mean: E[z^2] about 0.75 over 16 channels
@@ -50,24 +55,26 @@ def _zero(module: nn.Module | None) -> None:
 
 
 def _copy_colours(conv: nn.Conv2d, src: tuple[int, ...], dst: tuple[int, ...], kernel: torch.Tensor | None = None,
-                  gain: float = 1.0) -> None:
-    """conv <- zero, except output ``dst[i]`` reading input ``src[i]`` through ``kernel`` (centre tap by default)."""
+                  gain: float = 1.0, signs: tuple[float, ...] | None = None) -> None:
+    """conv <- zero, except output ``dst[i]`` reading ``signs[i] * gain *`` input ``src[i]`` through
+    ``kernel`` (centre tap by default)."""
+    signs = signs or (1.0,) * len(dst)
     with torch.no_grad():
         conv.weight.zero_()
         if conv.bias is not None:
             conv.bias.zero_()
         k = conv.weight.shape[-1]
-        for s, d in zip(src, dst):
+        for s, d, sign in zip(src, dst, signs):
             if kernel is None:
-                conv.weight[d, s, k // 2, k // 2] = gain
+                conv.weight[d, s, k // 2, k // 2] = gain * sign
             else:
-                conv.weight[d, s] = kernel * gain
+                conv.weight[d, s] = kernel * gain * sign
 
 
 def _identity_resnet(resnet: nn.Module) -> None:
     _zero(resnet.conv2)
     if resnet.conv_shortcut is not None:
-        _copy_colours(resnet.conv_shortcut, COLOUR_CHANNELS, COLOUR_CHANNELS)
+        _copy_colours(resnet.conv_shortcut, CARRIED, CARRIED)
 
 
 def _identity_mid_block(block: nn.Module) -> None:
@@ -78,46 +85,48 @@ def _identity_mid_block(block: nn.Module) -> None:
             _zero(attention.to_out[0])
 
 
-def _anchor_groups(channels: int, groups: int, colours: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """(+A channels, -A channels): two free channels in every group that holds a colour."""
+def _anchor_groups(channels: int, groups: int) -> tuple[list[int], list[int]]:
+    """(+A channels, -A channels): two free channels in every group that carries a colour, whose
+    negation must share its group (so that the group's mean stays zero)."""
     per_group = channels // groups
     plus, minus = [], []
-    for colour in colours:
+    for colour, negated in zip(COLOUR_CHANNELS, NEGATED_CHANNELS):
         g = colour // per_group
-        free = [c for c in range(g * per_group, (g + 1) * per_group) if c not in colours and c not in plus + minus]
-        if len(free) < 2:
-            raise VaeInitError(f"GroupNorm group {g} ({per_group} channels) has no room for two anchor channels")
+        if negated // per_group != g:
+            raise VaeInitError(f"GroupNorm groups of {per_group} channels split colour channel {colour} from its negation")
         if any(c // per_group == g for c in plus):
             continue  # this group already has its anchors
+        free = [c for c in range(g * per_group, (g + 1) * per_group) if c not in CARRIED]
+        if len(free) < 2:
+            raise VaeInitError(f"GroupNorm group {g} ({per_group} channels) has no room for two anchor channels")
         plus.append(free[0])
         minus.append(free[1])
     return plus, minus
 
 
-def _set_anchors(resnet: nn.Module, norm: nn.GroupNorm) -> list[int]:
-    """Add +A / -A through ``resnet.conv2``'s bias and shift ``norm``'s output; returns the channels read."""
-    plus, minus = _anchor_groups(norm.num_channels, norm.num_groups, COLOUR_CHANNELS)
+def _set_anchors(resnet: nn.Module, norm: nn.GroupNorm) -> None:
+    """Add +A / -A through ``resnet.conv2``'s bias and shift ``norm``'s output into SiLU's linear range."""
+    plus, minus = _anchor_groups(norm.num_channels, norm.num_groups)
     with torch.no_grad():
         resnet.conv2.bias[plus] = ANCHOR
         resnet.conv2.bias[minus] = -ANCHOR
         norm.weight.fill_(1.0)
         norm.bias.fill_(SILU_SHIFT)
-    return list(COLOUR_CHANNELS) + plus + minus
 
 
-def _fit_readout(features: torch.Tensor, target: torch.Tensor, read: list[int], conv: nn.Conv2d, outputs: list[int]) -> None:
-    """Least-squares centre-tap readout ``target[:, j] ~ sum_c w[c] features[:, read[c]] + b`` into ``conv``."""
-    x = features[:, read].permute(0, 2, 3, 1).reshape(-1, len(read)).double()
-    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-    y = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
-    solution = torch.linalg.lstsq(x, y).solution  # (len(read) + 1, outputs)
+def _fit_readout(features: torch.Tensor, target: torch.Tensor, conv: nn.Conv2d, outputs: list[int]) -> None:
+    """Output ``outputs[j]`` of ``conv`` <- slope * feature ``COLOUR_CHANNELS[j]`` + offset, least squares."""
     k = conv.weight.shape[-1]
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
         for j, out in enumerate(outputs):
-            conv.weight[out, read, k // 2, k // 2] = solution[:-1, j].float()
-            conv.bias[out] = float(solution[-1, j])
+            x = features[:, COLOUR_CHANNELS[j]].reshape(-1).double()
+            y = target[:, j].reshape(-1).double()
+            design = torch.stack([x, torch.ones_like(x)], dim=1)
+            slope, offset = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+            conv.weight[out, COLOUR_CHANNELS[j], k // 2, k // 2] = float(slope)
+            conv.bias[out] = float(offset)
 
 
 def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: torch.Tensor) -> AutoencoderKL:
@@ -130,8 +139,8 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
     factor = 2 ** (levels - 1)
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % factor or images.shape[-2] % factor:
         raise VaeInitError(f"need (N, 3, H, W) images with H, W multiples of {factor}, got {tuple(images.shape)}")
-    if min(enc.conv_in.out_channels, dec.conv_out.in_channels) <= max(COLOUR_CHANNELS):
-        raise VaeInitError(f"the VAE's narrowest level needs more than {max(COLOUR_CHANNELS)} channels")
+    if min(enc.conv_in.out_channels, dec.conv_out.in_channels) <= max(CARRIED):
+        raise VaeInitError(f"the VAE's narrowest level needs more than {max(CARRIED)} channels")
     latent_channels = dec.conv_in.in_channels
     if latent_channels < 3:
         raise VaeInitError("the analytic start needs at least 3 latent channels")
@@ -142,14 +151,15 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
     latent_colours = (0, 1, 2)
 
     # Encoder: colours -> block means, identities elsewhere, anchors before conv_norm_out.
-    _copy_colours(enc.conv_in, (0, 1, 2), COLOUR_CHANNELS)
+    signs = (1.0,) * 3 + (-1.0,) * 3
+    _copy_colours(enc.conv_in, (0, 1, 2) * 2, CARRIED, signs=signs)
     for block in enc.down_blocks:
         for resnet in block.resnets:
             _identity_resnet(resnet)
         for down in block.downsamplers or []:
-            _copy_colours(down.conv, COLOUR_CHANNELS, COLOUR_CHANNELS, kernel=box)
+            _copy_colours(down.conv, CARRIED, CARRIED, kernel=box)
     _identity_mid_block(enc.mid_block)
-    enc_read = _set_anchors(enc.mid_block.resnets[-1], enc.conv_norm_out)
+    _set_anchors(enc.mid_block.resnets[-1], enc.conv_norm_out)
     if vae.quant_conv is not None:
         with torch.no_grad():
             vae.quant_conv.weight.copy_(torch.eye(vae.quant_conv.out_channels)[:, :, None, None])
@@ -160,14 +170,14 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
         with torch.no_grad():
             vae.post_quant_conv.weight.copy_(torch.eye(latent_channels)[:, :, None, None])
             vae.post_quant_conv.bias.zero_()
-    _copy_colours(dec.conv_in, latent_colours, COLOUR_CHANNELS, gain=latent_scale / LATENT_GAIN)
+    _copy_colours(dec.conv_in, latent_colours * 2, CARRIED, gain=latent_scale / LATENT_GAIN, signs=signs)
     _identity_mid_block(dec.mid_block)
     for block in dec.up_blocks:
         for resnet in block.resnets:
             _identity_resnet(resnet)
         for up in block.upsamplers or []:
-            _copy_colours(up.conv, COLOUR_CHANNELS, COLOUR_CHANNELS, kernel=bilinear)
-    dec_read = _set_anchors(dec.up_blocks[-1].resnets[-1], dec.conv_norm_out)
+            _copy_colours(up.conv, CARRIED, CARRIED, kernel=bilinear)
+    _set_anchors(dec.up_blocks[-1].resnets[-1], dec.conv_norm_out)
 
     # Readouts, fit on the images (float32 forward passes, float64 least squares).
     with torch.no_grad():
@@ -179,7 +189,7 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
             hook.remove()
         means = F.avg_pool2d(images, factor) * (LATENT_GAIN / latent_scale)
         _zero(enc.conv_out)
-        _fit_readout(captured["enc"], means, enc_read, enc.conv_out, list(latent_colours))
+        _fit_readout(captured["enc"], means, enc.conv_out, list(latent_colours))
         latent = vae.quant_conv(enc(images)) if vae.quant_conv is not None else enc(images)
         mean, _ = torch.chunk(latent, 2, dim=1)
         hook = dec.conv_act.register_forward_hook(lambda _m, _i, out: captured.__setitem__("dec", out))
@@ -187,5 +197,5 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
             vae.decoder(vae.post_quant_conv(mean) if vae.post_quant_conv is not None else mean)
         finally:
             hook.remove()
-        _fit_readout(captured["dec"], images, dec_read, dec.conv_out, [0, 1, 2])
+        _fit_readout(captured["dec"], images, dec.conv_out, [0, 1, 2])
     return vae
