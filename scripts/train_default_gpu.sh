@@ -7,7 +7,7 @@
 #   bash scripts/train_default_gpu.sh OUT_DIR [TRAIN_MINUTES] [POOL_SCENES]
 #
 # Environment: PYTHON (default python3), POOL_DIR (default /tmp/magicbokeh_pool), RECIPES (names,
-# default "lat4 lat16 lat16_lr1e3 lat8"), EVAL_SCENES (default 8), BATCH (16), CROP (192), POOL_SIZE (256).
+# default "default lr1e3 t100 random_vae"), EVAL_SCENES (default 8), BATCH (16), CROP (192), POOL_SIZE (256).
 set -euo pipefail
 out=${1:?usage: train_default_gpu.sh OUT_DIR [TRAIN_MINUTES] [POOL_SCENES]}
 minutes=${2:-5.5}
@@ -15,16 +15,16 @@ scenes=${3:-2400}
 py=${PYTHON:-python3}
 pool_dir=${POOL_DIR:-/tmp/magicbokeh_pool}
 runs=${RUNS_DIR:-/tmp/magicbokeh_runs}
-recipes=${RECIPES:-"lat4 lat16 lat16_lr1e3 lat8"}
+recipes=${RECIPES:-"default lr1e3 t100 random_vae"}
 cores=$(nproc)
 pool_args=(--pool-dir "$pool_dir" --pool-scenes "$scenes" --pool-size "${POOL_SIZE:-256}" --pool-shard-scenes $(( (scenes + cores - 1) / cores )))
 
 recipe_args() {
   case "$1" in
-    lat4) echo "--set latent_channels=4 --lr 5e-4" ;;
-    lat8) echo "--set latent_channels=8 --lr 5e-4" ;;
-    lat16) echo "--set latent_channels=16 --lr 5e-4" ;;
-    lat16_lr1e3) echo "--set latent_channels=16 --lr 1e-3" ;;
+    default) echo "--lr 5e-4 --vae-lr-scale 0.5" ;;
+    lr1e3) echo "--lr 1e-3 --vae-lr-scale 0.5" ;;
+    t100) echo "--set timestep=100 --lr 5e-4 --vae-lr-scale 0.5" ;;
+    random_vae) echo "--vae-init random --lr 5e-4" ;;
     *) echo "unknown recipe $1" >&2; exit 2 ;;
   esac
 }

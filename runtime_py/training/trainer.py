@@ -74,7 +74,8 @@ class TrainConfig:
     # faster on CPUs with AMX / AVX512-BF16 and on GPUs; held-out figures are computed in float32.
     bf16: bool = True
     # Start the UNet's conv_out at zero so that the first one-step output is x0 = z / sqrt(a):
-    # the model begins as its own autoencoder and learns corrections (fresh runs only).
+    # the model begins as its own autoencoder and learns corrections (fresh runs only). Meant for
+    # small timesteps (sqrt(a) = 0.98 at t = 50); at t = 999 it would start from x0 = 15 z.
     zero_unet_output: bool = True
     # "analytic": the VAE starts as block means + bilinear upsampling (runtime_py.training.vae_init),
     # readouts fit on pool images; "random": diffusers' initialisation (fresh runs only).

@@ -121,7 +121,7 @@ def test_thirty_steps_on_tiny_reduce_the_loss_and_resume(pool_file, tmp_path):
     config = TrainConfig(
         pool_files=[str(pool_file)], run_dir=str(tmp_path / "run"), model_config="tiny", crop=64, batch_size=2,
         autoencoder_steps=0, total_steps=30, lr=1e-3, warmup_steps=3, log_every=5, checkpoint_every=10,
-        num_workers=0, threads=1, max_minutes=5.0, vae_init="random",
+        num_workers=0, threads=1, max_minutes=5.0, vae_init="random", zero_unet_output=False,
     )
     logs: list[str] = []
     result = train(config, resume=False, log=logs.append)
@@ -147,6 +147,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
     from runtime_py.training.data import load_scene_pool
 
     layout = {"vae_block_out_channels": [16, 16, 16], "vae_norm_num_groups": 4, "latent_channels": 4,
+              "cond_embedding_channels": [8, 8, 16],
               "timestep": 50}
     pool = load_scene_pool([pool_file])
     x = torch.from_numpy(pool["degraded"]).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -160,7 +161,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
         with torch.no_grad():
             out = model(x, d, torch.zeros_like(d))
         fidelity[init] = 10 * math.log10(4.0 / float(((out - x) ** 2).mean()))
-    assert fidelity["analytic"] > 20.0 and fidelity["random"] < 15.0, fidelity
+    assert fidelity["analytic"] > 20.0 and fidelity["random"] < 15.0, fidelity  # measured 30.4 and 13.0 dB
 
 
 def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
