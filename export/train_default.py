@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-init", choices=("analytic", "random"), default="analytic",
                    help="'analytic': the VAE starts as block means + bilinear upsampling (needs 4 GroupNorm groups "
                         "or fewer per 16 channels); 'random': diffusers' initialisation")
-    t.add_argument("--fp32", action="store_true", help="train in float32 (default: bfloat16 autocast, float32 weights)")
+    t.add_argument("--fp32", action="store_true", help="train in float32 (default: bfloat16 autocast, float32 weights); the default model's recipe, "
+                        "as the analytic VAE start needs float32 activations")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="print held-out figures (model / input / Gaussian blur vs teacher) of a run as JSON")

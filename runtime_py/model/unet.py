@@ -16,7 +16,6 @@ from .config import MagicBokehConfig
 from .focus_attention import FocusAttnProcessor
 
 
-
 def down_block_types(config: MagicBokehConfig) -> tuple[str, ...]:
     """diffusers down-block types, finest level first (SD2.1: attention at all but the coarsest)."""
     if len(config.attention_levels) != len(config.block_out_channels):
