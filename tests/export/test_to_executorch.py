@@ -144,3 +144,21 @@ def test_focus_choice_per_target_and_rewrites(components):
     assert err < 1e-4  # fp32 re-association of the norm's sums; outputs are in [-1, 1]
     with pytest.raises(ExportError, match="component 'decoder'.*input 'x0' has shape"):
         export_component(decoder, (torch.zeros(1, 4, 8, 8),), target="xnnpack")
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 128, 96), (1, 8, 4096)])
+def test_group_norm_rewrite_is_group_norm_in_two_mean_passes(shape):
+    """The XNNPACK group-norm rewrite computes F.group_norm (4-D tiles and the VAE attention's
+    3-D (B, C, HW) input), its means in rows of at most MEAN_ROW elements."""
+    import torch.nn.functional as F
+
+    from export.prepare import MEAN_ROW, _group_mean, _group_norm_4d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 3 + 5
+    weight, bias = torch.rand(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    torch.testing.assert_close(_group_norm_4d(x, 4, weight, bias, 1e-6), F.group_norm(x, 4, weight, bias, 1e-6),
+                               rtol=1e-5, atol=1e-5)
+    grouped = x.reshape(1, 4, shape[1] // 4, -1)
+    torch.testing.assert_close(_group_mean(grouped), grouped.mean(dim=(2, 3), keepdim=True), rtol=1e-6, atol=1e-6)
+    assert MEAN_ROW <= 1024
