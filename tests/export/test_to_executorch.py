@@ -150,6 +150,7 @@ def test_focus_choice_per_target_and_rewrites(components):
 def test_group_norm_rewrite_is_group_norm_in_two_mean_passes(shape):
     """The XNNPACK group-norm rewrite computes F.group_norm (4-D tiles and the VAE attention's
     3-D (B, C, HW) input), its means in rows of at most MEAN_ROW elements."""
+    import torch
     import torch.nn.functional as F
 
     from export.prepare import MEAN_ROW, _group_mean, _group_norm_4d
