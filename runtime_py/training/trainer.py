@@ -35,7 +35,7 @@ from ..atomic import atomic_path, write_json
 from ..model import MagicBokeh, MagicBokehConfig, build_model, get_config
 from .data import SceneTileDataset, load_scene_pool
 from .losses import bokeh_loss
-from .vae_init import init_vae_as_autoencoder
+from .vae_init import VaeInitError, init_vae_as_autoencoder
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -318,14 +318,20 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
     run_dir = Path(config.run_dir)
     pool = load_scene_pool(config.pool_files)
     model = build_model(model_config_of(config), seed=config.init_seed).train()
-    if config.zero_unet_output:
-        torch.nn.init.zeros_(model.unet.conv_out.weight)
-        torch.nn.init.zeros_(model.unet.conv_out.bias)
-    if config.vae_init == "analytic":
-        init_vae_as_autoencoder(model.vae, model.config.latent_scale, _readout_images(pool))
+    resuming = resume and (run_dir / CHECKPOINT_STATE).is_file()
+    if not resuming:  # a resumed run's weights come from its checkpoint
+        if config.zero_unet_output:
+            torch.nn.init.zeros_(model.unet.conv_out.weight)
+            torch.nn.init.zeros_(model.unet.conv_out.bias)
+        if config.vae_init == "analytic":
+            try:
+                init_vae_as_autoencoder(model.vae, model.config.latent_scale, _readout_images(pool))
+            except VaeInitError as exc:
+                raise TrainingError(f"--vae-init analytic does not fit this configuration: {exc}; "
+                                    "use --vae-init random") from None
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start_step, history, elapsed_before = 0, [], 0.0
-    if resume and (run_dir / CHECKPOINT_STATE).is_file():
+    if resuming:
         meta = load_checkpoint(run_dir, model, optimizer)
         if meta.get("config", {}).get("total_steps") != config.total_steps:
             log(f"note: resuming a run planned for {meta['config'].get('total_steps')} steps with total_steps={config.total_steps}")

@@ -162,6 +162,12 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
             out = model(x, d, torch.zeros_like(d))
         fidelity[init] = 10 * math.log10(4.0 / float(((out - x) ** 2).mean()))
     assert fidelity["analytic"] > 20.0 and fidelity["random"] < 15.0, fidelity  # measured 30.4 and 13.0 dB
+    # tiny's own VAE has no room for the analytic start: a clear training error, nothing written.
+    config = TrainConfig(pool_files=[str(pool_file)], run_dir=str(tmp_path / "tiny"), model_config="tiny", crop=64,
+                         batch_size=1, autoencoder_steps=0, total_steps=1, num_workers=0, threads=1)
+    with pytest.raises(TrainingError, match="use --vae-init random"):
+        train(config, resume=False, log=lambda *_: None)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
