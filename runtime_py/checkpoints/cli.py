@@ -26,7 +26,8 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         ),
     )
     parser.add_argument("--sd21", required=True, type=Path, metavar="DIR",
-                        help="Stable-Diffusion-layout folder in the diffusers layout (unet/, vae/, ...)")
+                        help="Stable Diffusion folder in the diffusers layout (unet/, vae/, ...; their "
+                             "config.json files give the model's shapes)")
     parser.add_argument("--lora", required=True, type=Path, metavar="PKL", help="the published lora.pkl")
     parser.add_argument("--config", default=None, choices=sorted(CONFIGS),
                         help="refuse the weights unless they have exactly this configuration's sizes (sd21: the "

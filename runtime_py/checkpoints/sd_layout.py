@@ -172,7 +172,10 @@ class _ConfigFile:
         return f"{self.relative} {key}" if key in self.data else f"{self.relative} {key} (diffusers' default)"
 
     def refuse(self, key: str, problem: str) -> CheckpointMismatchError:
-        shown = f"{key} is {self.data[key]!r}" if key in self.data else f"{key} is not set (diffusers' default {self.defaults.get(key)!r})"
+        if key in self.data:
+            shown = f"{key} is {self.data[key]!r}"
+        else:
+            shown = f"{key} is not set (diffusers' default {self.defaults.get(key)!r})"
         return CheckpointMismatchError(f"{self.path}: {shown}; {problem}")
 
     def positive_int(self, key: str) -> int:
@@ -332,7 +335,8 @@ def cond_embedding_channels(injector: Mapping[str, torch.Tensor], source: str) -
     first = injector.get(f"{prefix}conv_in.weight")
     if not isinstance(first, torch.Tensor) or first.ndim != 4:
         raise CheckpointMismatchError(
-            f"{source}: the injector has no 4-D {prefix}conv_in.weight, so its conditioning-embedding widths are unknown"
+            f"{source}: the injector has no 4-D {prefix}conv_in.weight, so its conditioning-embedding widths are "
+            "unknown"
         )
     pattern = re.compile(rf"^{re.escape(prefix)}blocks\.(\d+)\.weight$")
     blocks = sorted(int(m[1]) for key in injector if (m := pattern.match(key)))
@@ -378,10 +382,11 @@ def config_from_sd_folder(
     vae_levels = len(fields["vae_block_out_channels"].value)
     if len(cond_channels.value) != vae_levels:
         # Each level after the first halves the defocus map; it must land on the latent grid.
+        vae_source = fields["vae_block_out_channels"].source
         raise CheckpointMismatchError(
             f"{cond_channels.source} has {len(cond_channels.value)} levels {cond_channels.value}, so it downsamples "
-            f"the defocus map {2 ** (len(cond_channels.value) - 1)}x, but the VAE ({fields['vae_block_out_channels'].source}) "
-            f"downsamples {2 ** (vae_levels - 1)}x"
+            f"the defocus map {2 ** (len(cond_channels.value) - 1)}x, but the VAE ({vae_source}) downsamples "
+            f"{2 ** (vae_levels - 1)}x"
         )
     if expected is not None:
         named = get_config(expected)
