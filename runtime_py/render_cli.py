@@ -68,7 +68,8 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     weights = parser.add_argument_group("weights (default: the built-in model)")
     add_weight_arguments(weights, config_help="advanced: model configuration (tile size) for the built-in model "
-                                              "or the artifacts; a guard for --checkpoint")
+                                              "or the artifacts; for --sd21/--checkpoint (whose sizes are read "
+                                              "from the weights) a check that they are that configuration's")
 
     run = parser.add_argument_group("runtime")
     run.add_argument("--backend", default="torch", help="backend that runs the model (default: torch)")

@@ -2,7 +2,7 @@
 
 ``load_model`` is the one entry point the rest of the toolkit uses::
 
-    load_model(sd21="sd21-base/", lora="lora.pkl", config="sd21")   # published weights, LoRAs merged
+    load_model(sd21="sd21-base/", lora="lora.pkl")                   # published weights, LoRAs merged
     load_model(checkpoint="magicbokeh.safetensors")                  # native file (see native.py)
 
 ``python -m runtime_py convert`` turns the first form into the second once, so that later steps
@@ -55,8 +55,9 @@ def load_model(
 ) -> MagicBokeh:
     """Load MagicBokeh from exactly one source: ``sd21`` + ``lora`` together, or ``checkpoint``.
 
-    ``config``: for the published weights the shapes to build (default ``"sd21"``); for a native
-    checkpoint an optional guard (the file carries its own config and must match it).
+    ``config``: an optional guard. The published weights' shapes are read from the folder's
+    config.json files and ``lora.pkl`` (``"sd21"`` then checks they are the real release's); a
+    native checkpoint carries its own config, which must match it.
     """
     official = sd21 is not None or lora is not None
     if official and checkpoint is not None:
@@ -67,7 +68,7 @@ def load_model(
                 "the published weights need both sd21= (the Stable Diffusion 2.1-base folder) and lora= (lora.pkl); "
                 f"got only {'sd21' if lora is None else 'lora'}="
             )
-        return load_official(sd21, lora, "sd21" if config is None else config)
+        return load_official(sd21, lora, config)
     if checkpoint is not None:
         return load_native(checkpoint, config=config)
     raise ValueError("no weights given: pass sd21= and lora= (published weights) or checkpoint= (a native .safetensors file)")

@@ -172,9 +172,11 @@ def test_extra_injector_tensors_are_reported(official, tmp_path: Path) -> None:
     assert any("controlnet_mid_block" in str(w.message) for w in caught)
 
 
-def test_wrong_config_names_tensor_and_shapes(official) -> None:
+def test_wrong_config_names_the_field(official) -> None:
+    """A named config is checked against the folder's config.json before any tensor is read."""
     checkpoint = official[0]
-    with pytest.raises(CheckpointMismatchError, match=r"tensor unet\.\S+ has shape \(\d+.*expects \(\d+"):
+    with pytest.raises(CheckpointMismatchError, match=r"is not the 'small' configuration: block_out_channels is "
+                                                      r"\(16, 32, 32, 32\) \(unet/config\.json block_out_channels\)"):
         load_official(checkpoint.sd21_dir, checkpoint.lora_pkl, "small")
 
 
