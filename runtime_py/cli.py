@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import Callable, Sequence
 
 from .backends.base import BackendUnavailableError
+from .golden import GoldenError
 from .images import InputError
 from .tiling import TilingError
 
@@ -25,6 +26,7 @@ SUBCOMMANDS: list[str] = [
     "runtime_py.render_cli:add_render_parser",
     "runtime_py.checkpoints.cli:add_convert_parser",
     "runtime_py.parity_cli:add_parity_parser",
+    "runtime_py.golden:add_golden_parser",
 ]
 
 
@@ -33,7 +35,7 @@ class CLIError(Exception):
 
 
 #: Exceptions printed as ``error: <message>`` instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, InputError, TilingError, BackendUnavailableError)
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, InputError, TilingError, BackendUnavailableError, GoldenError)
 
 
 def _load_builder(spec: str) -> Callable[[argparse._SubParsersAction], None]:

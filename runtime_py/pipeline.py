@@ -50,6 +50,10 @@ from .tiling import TileBox, TilingPlan, blend_tiles, plan_tiles
 DepthFn = Callable[[np.ndarray], np.ndarray]
 """(H, W, 3) uint8 RGB -> (H, W) float depth in [0, 1] (larger = nearer)."""
 
+TileObserver = Callable[["TileBox", "TileInputs", "TileStages"], None]
+"""Called once per tile, in run order, with the tile's inputs and what each stage produced
+(golden vectors for the apps record them; nothing else needs them)."""
+
 TILE_COMPONENT_NAMES = ("encoder", "denoiser", "decoder")
 COLOUR_FIX_EPS = 1e-5
 
@@ -134,6 +138,19 @@ def model_range_to_u8(rgb: np.ndarray) -> np.ndarray:
     return ((y + 1) / 2).clamp(0, 1).mul(255).byte().permute(1, 2, 0).contiguous().numpy()
 
 
+def colour_statistics(image_u8: np.ndarray, eps: float = COLOUR_FIX_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and ``sqrt(unbiased var + eps)`` of an (H, W, 3) uint8 image on [0, 1], float32."""
+    mean, std = _channel_mean_std(_u8_to_unit(torch.from_numpy(np.ascontiguousarray(image_u8)).permute(2, 0, 1)), eps)
+    return mean.flatten().numpy(), std.flatten().numpy()
+
+
+def _channel_mean_std(t: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = t.shape[0]
+    flat = t.reshape(channels, -1)
+    std = (flat.var(dim=1) + eps).sqrt().view(channels, 1, 1)
+    return flat.mean(dim=1).view(channels, 1, 1), std
+
+
 def colour_fix(output_u8: np.ndarray, reference_u8: np.ndarray, eps: float = COLOUR_FIX_EPS) -> np.ndarray:
     """Match each channel's mean and std of ``output_u8`` to ``reference_u8`` (both (H, W, 3) uint8).
 
@@ -145,20 +162,22 @@ def colour_fix(output_u8: np.ndarray, reference_u8: np.ndarray, eps: float = COL
                          f"and {reference_u8.shape}")
     y = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(output_u8)).permute(2, 0, 1))
     x = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(reference_u8)).permute(2, 0, 1))
-    channels = y.shape[0]
-
-    def mean_std(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = t.reshape(channels, -1)
-        std = (flat.var(dim=1) + eps).sqrt().view(channels, 1, 1)
-        return flat.mean(dim=1).view(channels, 1, 1), std
-
-    mean_y, std_y = mean_std(y)
-    mean_x, std_x = mean_std(x)
+    mean_y, std_y = _channel_mean_std(y, eps)
+    mean_x, std_x = _channel_mean_std(x, eps)
     fixed = (y - mean_y) / std_y * std_x + mean_x
     return fixed.clamp(0, 1).mul(255).byte().permute(1, 2, 0).contiguous().numpy()
 
 
 # -- one tile ---------------------------------------------------------------------------------
+@dataclass
+class TileInputs:
+    """One tile's component inputs: ``rgb`` (1, 3, T, T) in [-1, 1], ``defocus`` and ``in_focus`` (1, 1, T, T)."""
+
+    rgb: np.ndarray
+    defocus: np.ndarray
+    in_focus: np.ndarray
+
+
 @dataclass
 class TileStages:
     """What one tile produced at each stage (numpy, batch of 1) and how long each stage took."""
@@ -232,6 +251,7 @@ class RenderResult:
     plan: TilingPlan  # tiling of the (possibly padded) image
     padding: tuple[int, int]  # (rows, cols) added at the bottom / right for small images
     seconds: dict[str, float]
+    blended: np.ndarray | None = None  # (3, Hp, Wp) float32 blend of the padded image, when kept
 
     @property
     def tile_count(self) -> int:
@@ -257,11 +277,15 @@ def render_image(
     focus: FocusSpec,
     depth_fn: DepthFn | None = None,
     progress: bool = False,
+    on_tile: TileObserver | None = None,
+    keep_blended: bool = False,
 ) -> RenderResult:
     """Render the bokeh version of a photo with the given backend callables.
 
     ``depth`` is the (H, W) float map in [0, 1]; when it is None, ``depth_fn(image_u8)`` computes
-    it (``depth`` wins when both are given). Output size = input size.
+    it (``depth`` wins when both are given). Output size = input size. ``on_tile`` sees every
+    tile's inputs and stages; ``keep_blended`` keeps the float blend in the result (both exist
+    for the apps' golden vectors and cost nothing when unused).
     """
     total_start = time.perf_counter()
     config = get_config(config)
@@ -301,14 +325,16 @@ def render_image(
 
     def run_tile(box: TileBox) -> np.ndarray:
         rows, cols = box.slices()
-        stages = run_tile_stages(
-            components,
+        inputs = TileInputs(
             np.ascontiguousarray(rgb[:, :, rows, cols]),
             np.ascontiguousarray(defocus[None, None, rows, cols]),
             np.ascontiguousarray(in_focus[None, None, rows, cols]),
         )
+        stages = run_tile_stages(components, inputs.rgb, inputs.defocus, inputs.in_focus)
         for name, value in stages.seconds.items():
             stage_seconds[name] += value
+        if on_tile is not None:
+            on_tile(box, inputs, stages)
         bar.update(1)
         return stages.rgb[0]
 
@@ -335,4 +361,5 @@ def render_image(
         plan=plan,
         padding=(pad_rows, pad_cols),
         seconds=seconds,
+        blended=blended if keep_blended else None,
     )
