@@ -81,3 +81,29 @@ public struct CoreMLTileModel: TileModel {
     }
 }
 #endif
+
+#if canImport(CoreML)
+/// The depth package (Depth Anything V2 at a static S x S input), when the artifacts hold one:
+/// photo -> depth map in [0, 1] of the photo's size, with the host steps of DepthHost.swift.
+public struct DepthEstimator: Sendable {
+    public let model: ManagedComponentModel
+    public let inputSize: Int
+
+    /// nil when the manifest has no `depth` component (the user then supplies depth, e.g. from
+    /// the camera's depth data).
+    public init?(artifacts: ArtifactsFolder, computeUnits: ComputeUnitsChoice = .cpuAndNeuralEngine, compiledCache: URL? = nil) throws {
+        guard let entry = artifacts.manifest.components["depth"] else { return nil }
+        guard entry.inputs.count == 1, entry.inputs[0].shape.count == 4, entry.inputs[0].shape[2] == entry.inputs[0].shape[3] else {
+            throw BokehError.manifest("component 'depth': expected one square (1, 3, S, S) input, got \(entry.inputs.map(\.shape))")
+        }
+        inputSize = entry.inputs[0].shape[3]
+        model = ManagedComponentModel(name: "depth", entry: entry, folder: artifacts.url, computeUnits: computeUnits, compiledCache: compiledCache)
+    }
+
+    public func depth(for image: RGBImage) async throws -> FloatMap {
+        let input = depthComponentInput(image, size: inputSize)
+        let disparity = try await model.predict([model.entry.inputs[0].name: input])
+        return try depthFromDisparity(disparity, size: inputSize, height: image.height, width: image.width)
+    }
+}
+#endif
