@@ -20,10 +20,10 @@ SWIFTC = shutil.which("swiftc")
 
 # name -> (config or None for the default model, (height, width), focus ("mask" or (x, y)), K, seed)
 GOLDEN_CASES: dict[str, tuple[str | None, tuple[int, int], object, int, int]] = {
-    "tiny_mask_k32": ("tiny", (150, 200), "mask", 32, 1),
-    "tiny_point_k1": ("tiny", (192, 256), (100, 50), 1, 2),
+    "tiny_mask_k32": ("tiny", (140, 150), "mask", 32, 1),
+    "tiny_point_k1": ("tiny", (128, 192), (100, 50), 1, 2),
     "tiny_small_mask": ("tiny", (50, 90), "mask", 8, 3),
-    "tiny_point_wide": ("tiny", (100, 300), (250, 60), 16, 4),
+    "tiny_point_wide": ("tiny", (100, 200), (150, 60), 16, 4),
     "default_point_small": (None, (200, 300), (40, 150), 24, 5),
 }
 

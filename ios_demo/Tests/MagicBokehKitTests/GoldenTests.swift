@@ -3,7 +3,7 @@ import XCTest
 
 // One class per golden folder the pytest wrapper generates (tests/ios_demo/conftest.py).
 
-/// tiny config, 150x200 (not a multiple of the stride), mask focus, K = 32.
+/// tiny config, 140x150 (not a multiple of the stride: grid, bottom, right and corner tiles), mask focus, K = 32.
 final class GoldenTinyMaskK32Tests: XCTestCase {
     let golden = "tiny_mask_k32"
     func testInputContract() throws { try GoldenChecks.inputContract(golden) }
@@ -11,7 +11,7 @@ final class GoldenTinyMaskK32Tests: XCTestCase {
     func testRenderMatchesReference() async throws { _ = try await GoldenChecks.render(golden) }
 }
 
-/// tiny config, 192x256 (an exact multiple: no flush tiles), tap focus, K = 1.
+/// tiny config, 128x192 (an exact multiple: grid tiles only), tap focus, K = 1.
 final class GoldenTinyPointK1Tests: XCTestCase {
     let golden = "tiny_point_k1"
     func testInputContract() throws { try GoldenChecks.inputContract(golden) }
@@ -27,7 +27,7 @@ final class GoldenTinySmallerThanTileTests: XCTestCase {
     func testRenderMatchesReference() async throws { _ = try await GoldenChecks.render(golden) }
 }
 
-/// tiny config, 100x300 (height under one tile, width not a multiple), tap focus, K = 16.
+/// tiny config, 100x200 (height under one tile, width not a multiple), tap focus, K = 16.
 final class GoldenTinyShortAndWideTests: XCTestCase {
     let golden = "tiny_point_wide"
     func testInputContract() throws { try GoldenChecks.inputContract(golden) }
