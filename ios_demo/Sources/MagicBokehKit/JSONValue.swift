@@ -45,7 +45,7 @@ public enum JSONValue: Codable, Sendable, Equatable {
     /// Compact JSON text with sorted keys (for metadata chunks).
     public var jsonText: String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(self)).flatMap { String(data: $0, encoding: .utf8) } ?? "null"
     }
 }

@@ -209,7 +209,7 @@ func timeComponents(_ flags: [String: [String]]) async throws {
         "results": .object(results),
     ])
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     try encoder.encode(document).write(to: URL(fileURLWithPath: outPath), options: .atomic)
     print("wrote \(outPath)")
 }
