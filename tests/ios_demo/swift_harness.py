@@ -147,3 +147,28 @@ def write_artifacts_fixture(folder: Path) -> None:
 def run(command: list[str], env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=PACKAGE, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def write_depth_host_fixture(folder: Path) -> None:
+    """The host steps around the static depth component, recorded from
+    runtime_py.model.depth.estimate_depth_static with a stand-in component: the resized photo it
+    was fed and the depth map it returned for a fixed disparity (for DepthHost.swift)."""
+    import json
+
+    from runtime_py.model.depth import estimate_depth_static
+
+    height, width, size = 37, 53, 28
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    disparity = (rng.random((1, 1, size, size), dtype=np.float32) * 3).astype(np.float32)
+    fed: list[np.ndarray] = []
+
+    def component(rgb: np.ndarray) -> np.ndarray:
+        fed.append(np.array(rgb, dtype=np.float32))
+        return disparity
+
+    depth = estimate_depth_static(component, image, size)
+    folder.mkdir(parents=True)
+    for name, array in (("image_u8", image), ("rgb_resized", fed[0]), ("disparity", disparity), ("depth", depth)):
+        np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tofile(folder / f"{name}.raw")
+    (folder / "shape.json").write_text(json.dumps({"height": height, "width": width, "size": size}))

@@ -15,8 +15,9 @@ compiled off Apple systems; ``swiftc -parse`` at least catches syntax errors in 
 
 from __future__ import annotations
 
-import time
+import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from tests.ios_demo.swift_harness import (
     run_golden_command,
     swift_test_cases,
     write_artifacts_fixture,
+    write_depth_host_fixture,
     write_goldens,
     write_inputs,
 )
@@ -40,26 +42,41 @@ SWIFT_CASES = swift_test_cases()
 
 
 @pytest.fixture(scope="module")
-def swift_build() -> str:
-    """``swift build`` of the library and the command line (debug: the fastest to compile)."""
-    start = time.perf_counter()
-    done = run([SWIFT, "build", "--product", "magicbokeh-cli"])
-    assert done.returncode == 0, f"swift build failed:\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
-    return f"swift build: {time.perf_counter() - start:.0f} s"
+def swift_build_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``swift build --build-tests`` (debug: the fastest to compile) of the library, the command
+    line and the tests, started in the background so that it compiles while the fixtures are written."""
+    log = tmp_path_factory.mktemp("swift_build") / "build.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen([SWIFT, "build", "--build-tests"], cwd=PACKAGE, stdout=sink, stderr=subprocess.STDOUT)
+    yield process, log
+    if process.poll() is None:  # a failure elsewhere: do not leave the compiler running
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
-def swift_fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def swift_fixtures(swift_build_process: tuple[subprocess.Popen, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Goldens and the artifacts fixture (written while the build runs)."""
     root = tmp_path_factory.mktemp("swift_fixtures")
     write_goldens(root / "goldens", root / "inputs")
     write_artifacts_fixture(root / "artifacts")
-    return {"MAGICBOKEH_GOLDENS": str(root / "goldens"), "MAGICBOKEH_ARTIFACTS_FIXTURE": str(root / "artifacts")}
+    write_depth_host_fixture(root / "depth_host")
+    return {"MAGICBOKEH_GOLDENS": str(root / "goldens"), "MAGICBOKEH_ARTIFACTS_FIXTURE": str(root / "artifacts"),
+            "MAGICBOKEH_DEPTH_HOST_FIXTURE": str(root / "depth_host")}
 
 
 @pytest.fixture(scope="module")
-def swift_test_run(swift_build: str, swift_fixtures: dict[str, str]) -> tuple[dict[str, str], str]:
+def swift_build(swift_build_process: tuple[subprocess.Popen, Path], swift_fixtures: dict[str, str]) -> None:
+    """The background build, finished and successful."""
+    process, log = swift_build_process
+    code = process.wait(timeout=900)
+    assert code == 0, f"swift build --build-tests failed:\n{log.read_text()[-8000:]}"
+
+
+@pytest.fixture(scope="module")
+def swift_test_run(swift_build: None, swift_fixtures: dict[str, str]) -> tuple[dict[str, str], str]:
     """One ``swift test`` run: (case -> passed / failed / skipped, the full output)."""
-    done = run([SWIFT, "test"], env=swift_fixtures)
+    done = run([SWIFT, "test", "--skip-build"], env=swift_fixtures)
     output = done.stdout + "\n" + done.stderr
     results = parse_results(output)
     if not results:
@@ -107,7 +124,7 @@ def unseen_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "golden"
 
 
-def test_cli_replay_matches_the_reference_on_an_unseen_photo(swift_build: str, unseen_golden: Path, tmp_path: Path) -> None:
+def test_cli_replay_matches_the_reference_on_an_unseen_photo(swift_build: None, unseen_golden: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     from runtime_py.golden import read_golden
@@ -137,7 +154,7 @@ def test_cli_replay_matches_the_reference_on_an_unseen_photo(swift_build: str, u
     (["--artifacts", "/tmp", "--image", "x.png"], "Core ML exists only on Apple systems"),
     (["--bogus"], "unknown argument '--bogus'"),
 ])
-def test_cli_bad_input_is_a_one_line_error(swift_build: str, swift_fixtures: dict[str, str], tmp_path: Path,
+def test_cli_bad_input_is_a_one_line_error(swift_build: None, swift_fixtures: dict[str, str], tmp_path: Path,
                                            arguments: list[str], message: str) -> None:
     golden = Path(swift_fixtures["MAGICBOKEH_GOLDENS"]) / "tiny_point_k1"
     arguments = [str(golden) if a == "GOLDEN" else a for a in arguments]
