@@ -171,4 +171,6 @@ def write_depth_host_fixture(folder: Path) -> None:
     folder.mkdir(parents=True)
     for name, array in (("image_u8", image), ("rgb_resized", fed[0]), ("disparity", disparity), ("depth", depth)):
         np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tofile(folder / f"{name}.raw")
+    np.save(folder / "depth_f32.npy", depth.astype(np.float32))  # for NPYReader
+    np.save(folder / "depth_f64.npy", depth.astype(np.float64))
     (folder / "shape.json").write_text(json.dumps({"height": height, "width": width, "size": size}))

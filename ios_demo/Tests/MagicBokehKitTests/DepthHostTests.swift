@@ -42,3 +42,28 @@ final class DepthHostTests: XCTestCase {
         XCTAssertLessThanOrEqual(worst, 2e-6, "max |difference| \(worst)")
     }
 }
+
+/// The command line's depth input: .npy files as numpy writes them.
+final class NPYReaderTests: XCTestCase {
+    func testReadsFloat32AndFloat64DepthMaps() throws {
+        guard let path = ProcessInfo.processInfo.environment["MAGICBOKEH_DEPTH_HOST_FIXTURE"], !path.isEmpty else {
+            throw XCTSkip("MAGICBOKEH_DEPTH_HOST_FIXTURE is not set: run through pytest tests/ios_demo")
+        }
+        let url = URL(fileURLWithPath: path)
+        let data = try Data(contentsOf: url.appendingPathComponent("depth.raw"))
+        let expected: [Float] = data.withUnsafeBytes { raw in
+            (0..<(data.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+        }
+        for name in ["depth_f32.npy", "depth_f64.npy"] {
+            let depth = try NPYReader.readDepth(url.appendingPathComponent(name))
+            XCTAssertEqual([depth.height, depth.width], [37, 53], name)
+            XCTAssertEqual(depth.values, expected, name)  // float32 -> float64 -> float32 is exact
+        }
+    }
+
+    func testNotAnNPYFileIsAClearError() throws {
+        let file = Fixtures.temporaryFolder().appendingPathComponent("x.npy")
+        try Data("not numpy".utf8).write(to: file)
+        assertBokehError(try NPYReader.readDepth(file), kind: isInput, contains: "is not a .npy file")
+    }
+}
