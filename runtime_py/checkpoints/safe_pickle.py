@@ -266,8 +266,8 @@ def _checked_tensor(budget: _TensorBudget | None, storage: Any, offset: Any, siz
         raise CorruptCheckpointError(f"the archive holds more than {MAX_TENSORS} tensors")
     if budget.bytes > budget.limit:
         raise CorruptCheckpointError(
-            f"the tensors describe {budget.bytes} bytes, more than {TENSOR_BYTES_FACTOR}x the {budget.limit} storage "
-            "bytes the file holds (overlapping or stride-0 views); refused before anything is copied"
+            f"the tensors describe {budget.bytes} bytes, more than the {budget.limit} allowed ({TENSOR_BYTES_FACTOR}x the "
+            "storage bytes the file holds, plus 1 MiB: overlapping or stride-0 views); refused before anything is copied"
         )
     flat = storage.data.view(storage.dtype) if storage.numel else torch.empty(0, dtype=storage.dtype)
     return flat.as_strided(dims, steps, offset) if numel else torch.empty(dims, dtype=storage.dtype)
@@ -417,6 +417,12 @@ def _resolve_global(module: str, name: str) -> Any | None:
 
 
 # -- the unpickler ----------------------------------------------------------------------------
+_OPCODE_COST = {
+    **{op[0]: 4 for op in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)},
+    **{op[0]: 8 for op in (pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ, pickle.BUILD)},
+}
+
+
 def _budgeted(handler: Callable[[Any], None], cost: int) -> Callable[[Any], None]:
     def run(self: "Unpickler") -> None:
         self._work += cost
@@ -588,12 +594,10 @@ class Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch[pickle.FROZENSET[0]] = load_frozenset
 
-    # Every opcode counts one unit of work; set-building ones count more (a set member costs
-    # about four times a list slot).
-    dispatch = {
-        code: _budgeted(handler, 4 if code in (pickle.EMPTY_SET[0], pickle.ADDITEMS[0], pickle.FROZENSET[0]) else 1)
-        for code, handler in dispatch.items()
-    }
+    # Every opcode counts one unit of work, those that build bigger objects more, so that a unit
+    # stands for at most ~80 bytes of Python objects: a set costs about four list slots, an
+    # object (a placeholder with its state dicts) about eight.
+    dispatch = {code: _budgeted(handler, _OPCODE_COST.get(code, 1)) for code, handler in dispatch.items()}
 
 
 class _ArchiveUnpickler(Unpickler):
@@ -770,7 +774,7 @@ def module_tensors(obj: Any, prefix: str = "", *, where: str = "module") -> dict
                 if value is not None and name not in non_persistent:
                     out[pre + name] = _plain_tensor(value, f"{at}.{_short_name(name)}", clones)
             children = [(name, child) for name, child in _state_mapping(state, "_modules", at).items() if child is not None]
-            if children and len(ancestors) + 1 > MAX_MODULE_DEPTH:
+            if children and len(ancestors) + 2 > MAX_MODULE_DEPTH:  # the children would be one level too deep
                 raise CorruptCheckpointError(f"{where}: the module tree is deeper than {MAX_MODULE_DEPTH} levels (at {at[:200]})")
             lineage = ancestors + (id(node),)
             for name, child in reversed(children):
