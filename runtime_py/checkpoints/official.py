@@ -41,6 +41,7 @@ from .errors import (
 )
 from .lora import LoraAdapter, PeftStateDict, merge_into, split_peft_state_dict
 from .safe_pickle import module_tensors, safe_torch_load
+from .safetensors_check import read_safetensors_header
 
 __all__ = [
     "OFFICIAL_FIELDS",
@@ -142,6 +143,7 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         if path.name.endswith(".safetensors"):
             from safetensors.torch import load_file
 
+            read_safetensors_header(path)  # sizes and offsets checked before any data is read
             tensors = load_file(str(path))
         else:  # a torch.save archive: read by our checked reader, never by torch.load
             tensors = safe_torch_load(path)
