@@ -534,6 +534,16 @@ class Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def load_out_of_band(self) -> None:
+        # Protocol 5's BYTEARRAY8 allocates its declared length (up to 2**63) BEFORE reading the
+        # bytes, so 9 bytes of pickle could ask for gigabytes; torch.save writes protocol 2 and
+        # never uses these opcodes (nor out-of-band buffers).
+        raise UnsafeCheckpointError("the pickle uses protocol-5 bytearray/buffer opcodes, which torch.save never writes")
+
+    for _opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_opcode[0]] = load_out_of_band
+    del _opcode
+
     def load_mark(self) -> None:
         if len(self.metastack) >= MAX_MARK_DEPTH:
             raise UnsafeCheckpointError(f"the pickle nests more than {MAX_MARK_DEPTH} MARKs")

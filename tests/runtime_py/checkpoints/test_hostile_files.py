@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "torchscript": ("UnsafeCheckpointError", "TorchScript archive"),
     "billion_laughs": ("UnsafeCheckpointError", "calls posix.system"),
     "bytearray": ("UnsafeCheckpointError", "calls builtins.bytearray"),
+    "bytearray8": ("UnsafeCheckpointError", "protocol-5 bytearray"),
     "deflate": ("CorruptCheckpointError", "is compressed"),
     "stride0": ("CorruptCheckpointError", "stride-0"),
     "outside": ("CorruptCheckpointError", "reaches element 7 of storage 0"),
