@@ -54,6 +54,7 @@ from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointE
 from .torch_archive import TorchArchive, open_torch_archive
 
 __all__ = [
+    "MAX_GLOBALS",
     "MAX_MODULE_DEPTH",
     "MAX_MODULES",
     "MAX_PICKLE_WORK",
@@ -72,6 +73,7 @@ __all__ = [
 # can ask for (each unit of pickle work creates at most ~100 bytes of Python objects).
 MAX_PICKLE_WORK = 2_000_000
 MAX_MARK_DEPTH = 1_000
+MAX_GLOBALS = 10_000  # distinct classes a pickle may name (a diffusers module names a few dozen)
 MAX_TENSORS = 200_000
 MAX_TENSOR_DIMS = 32
 MAX_MODULES = 100_000
@@ -403,6 +405,14 @@ _ALLOWED_VALUES: dict[tuple[str, str], Any] = {
 _CALLABLE_OBJECTS = {id(obj) for obj in _ALLOWED_CALLABLES.values()}
 _CONTAINER_TYPES = (dict, list, set, collections.OrderedDict)
 _MODULE_RENAMES = {"torch.tensor": "torch._tensor"}  # names older torch versions wrote
+# torch.<dtype> names a pickle may use. A fixed list: getattr(torch, <any name>) could trigger
+# torch's lazy submodule imports.
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32",
+                 "int", "int16", "short", "int8", "uint8", "bool", "complex64", "cfloat", "complex128", "cdouble")
+    if isinstance(getattr(torch, name, None), torch.dtype)
+}
 
 
 def _resolve_global(module: str, name: str) -> Any | None:
@@ -411,8 +421,8 @@ def _resolve_global(module: str, name: str) -> Any | None:
         return _ALLOWED_CALLABLES[key]
     if key in _ALLOWED_VALUES:
         return _ALLOWED_VALUES[key]
-    if key[0] == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
+    if key[0] == "torch" and name in _DTYPES:
+        return _DTYPES[name]
     return None
 
 
@@ -467,6 +477,8 @@ class Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
         qualified = f"{module}.{name}"
         placeholder = self._placeholders.get(qualified)
         if placeholder is None:
+            if len(self._placeholders) >= MAX_GLOBALS:  # each placeholder is a class (~1 KB)
+                raise UnsafeCheckpointError(f"the pickle names more than {MAX_GLOBALS} different classes")
             placeholder = _InertType(f"Inert[{qualified[:200]}]", (InertObject,), {"inert_global": qualified})
             self._placeholders[qualified] = placeholder
         return placeholder

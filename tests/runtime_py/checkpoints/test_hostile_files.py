@@ -55,6 +55,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "flood_sets": ("UnsafeCheckpointError", "steps of work"),
     "flood_objects": ("UnsafeCheckpointError", "steps of work"),
     "flood_marks": ("UnsafeCheckpointError", "MARKs"),
+    "flood_globals": ("UnsafeCheckpointError", "different classes"),
 }
 
 _RUNNER = textwrap.dedent(
