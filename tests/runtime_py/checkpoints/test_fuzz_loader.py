@@ -37,7 +37,7 @@ from runtime_py.checkpoints.safe_pickle import loads
 from runtime_py.model import build_model
 from tests.fixtures import hostile_files
 
-BRIEF_EXAMPLES = 120
+BRIEF_EXAMPLES = 400
 SECONDS_PER_EXAMPLE = 10.0
 _OPCODES = b"()}]\x8fcRbsuaet.\x81\x85\x86\x87\x94hqjrKJMX\x8c\x8aQN\x88\x89\x92\x91\x93"
 _INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80", b"\xff" * 8]
