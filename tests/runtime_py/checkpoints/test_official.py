@@ -293,7 +293,7 @@ def test_old_vae_attention_names_and_bin_weights(official, tmp_path: Path) -> No
         renamed[key] = tensor
     assert any(".query." in k for k in renamed)
     save_file(renamed, str(vae_file))
-    # ... and a UNet stored as diffusion_pytorch_model.bin (read with torch's weights_only loader).
+    # ... and a UNet stored as diffusion_pytorch_model.bin (read by the checked torch.save archive reader).
     unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(str(unet_file)), unet_file.with_suffix(".bin"))
     unet_file.unlink()
