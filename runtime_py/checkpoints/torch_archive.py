@@ -203,8 +203,10 @@ def _check_archive(path: Path, handle: BinaryIO) -> TorchArchive:
     handle.seek(0)
     try:
         infos = zipfile.ZipFile(handle).infolist()  # parses only the (bounded) central directory
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OverflowError, EOFError, struct.error) as err:
-        raise CorruptCheckpointError(f"{path}: broken zip structure: {str(err)[:200]}") from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile raises many types (NotImplementedError for versions, ...)
+        raise CorruptCheckpointError(f"{path}: broken zip structure: {type(err).__name__}: {str(err)[:200]}") from None
     if len(infos) != entries:
         raise CorruptCheckpointError(f"{path}: the zip central directory lists {len(infos)} records, its end record {entries}")
     if not infos:

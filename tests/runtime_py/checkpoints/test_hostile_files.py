@@ -197,3 +197,17 @@ def test_module_walk_limits_without_a_file() -> None:
     shared = module({})
     tensors = module_tensors(module({"a": shared, "b": shared}))  # shared, not a cycle: both names
     assert {"a.w", "b.w", "w"} == set(tensors) and tensors["a.w"] is tensors["b.w"]
+
+
+def test_unsupported_zip_version_is_a_clear_error(tmp_path: Path) -> None:
+    """Found by the fuzzer: zipfile raises NotImplementedError for a central-directory entry that
+    needs zip version 6.4; it must be a CheckpointError like any other broken structure."""
+    path = tmp_path / "genuine.pkl"
+    torch.save({"x": torch.ones(2)}, path)
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 6:entry + 8] = (64).to_bytes(2, "little")  # "version needed to extract" = 6.4
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="broken zip structure") as info:
+        safe_torch_load(path)
+    assert "\n" not in str(info.value)
