@@ -285,7 +285,7 @@ def run_render(args: argparse.Namespace) -> int:
 
     for job in jobs:
         image = load_image(job.image)
-        depth = load_depth(job.depth) if job.depth is not None else None
+        depth = load_depth(job.depth, shape=image.shape[:2]) if job.depth is not None else None
         focus, focus_record = _focus_for(job, args)
         try:
             result = render_image(image, depth, components=loaded.components, config=loaded.config, K=K,

@@ -39,10 +39,12 @@ from .errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    short_repr,
     summarize_names,
 )
 from .lora import LoraAdapter, PeftStateDict, merge_into, split_peft_state_dict
 from .safe_pickle import module_tensors, safe_torch_load
+from .safetensors_check import read_safetensors_header
 from .sd_layout import FieldValue, cond_embedding_channels, config_from_sd_folder
 
 __all__ = [
@@ -146,9 +148,12 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         if path.name.endswith(".safetensors"):
             from safetensors.torch import load_file
 
+            read_safetensors_header(path)  # sizes and offsets checked before any data is read
             tensors = load_file(str(path))
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # a torch.save archive: read by our checked reader, never by torch.load
+            tensors = safe_torch_load(path)
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parser failure means the file is unreadable
         raise CorruptCheckpointError(f"{path} cannot be read as a weights file: {type(err).__name__}: {err}") from None
     if not isinstance(tensors, Mapping) or not all(
@@ -170,12 +175,13 @@ def read_official_lora(path: Path | str) -> dict[str, Any]:
         if missing:
             parts.append(f"missing fields {missing}")
         if unknown:
-            parts.append(f"unknown fields {unknown} (this loader would silently ignore them)")
+            shown = "[" + ", ".join(short_repr(name, 60) for name in unknown[:8]) + (", ...]" if len(unknown) > 8 else "]")
+            parts.append(f"unknown fields {shown} (this loader would silently ignore them)")
         raise CheckpointMismatchError(f"{path} is not a MagicBokeh lora.pkl: {'; '.join(parts)}")
     for name, kind in OFFICIAL_FIELDS.items():
         value = data[name]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise CorruptCheckpointError(f"{path}: {name} is {value!r}, expected a positive integer rank")
+            raise CorruptCheckpointError(f"{path}: {name} is {short_repr(value)}, expected a positive integer rank")
         if kind is not int and not isinstance(value, kind):
             raise CorruptCheckpointError(f"{path}: {name} is a {type(value).__name__}, expected {_kind_name(kind)}")
         if isinstance(value, (list, tuple)) and not all(isinstance(v, str) for v in value):
@@ -394,7 +400,7 @@ def load_official_with_report(
     # Focus-attention LoRA (read first: state_dict_unet may repeat these tensors).
     focus: dict[str, torch.Tensor] = {}
     for key, tensor in lora["processor_state_dict"].items():
-        source = f"{lora_pkl} processor_state_dict[{key!r}]"
+        source = f"{lora_pkl} processor_state_dict[{short_repr(key)}]"
         if not isinstance(key, str) or ".processor." not in key or not builder.has(f"unet.{key}"):
             raise CheckpointMismatchError(f"{source}: not a focus-attention LoRA tensor of this model's UNet")
         if not isinstance(tensor, torch.Tensor):
