@@ -7,7 +7,7 @@ import pytest
 
 from runtime_py.bokeh_renderer import render_bokeh
 from runtime_py.scenes import SCENE_FAMILIES, SceneError, degrade_digital_zoom, generate_scene, pink_noise
-from runtime_py.training.losses import psnr
+from training.default_model.losses import psnr
 
 SIZE = 96  # small enough for a fast test, large enough for text, lines and a subject
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bokeh_renderer import gaussian_background_blur
-from ..model import MagicBokeh
-from ..scenes import Scene, generate_scene
+from runtime_py.bokeh_renderer import gaussian_background_blur
+from runtime_py.model import MagicBokeh
+from runtime_py.scenes import Scene, generate_scene
 from .data import IN_FOCUS_THRESHOLD, tile_inputs
 from .losses import gradient_energy, psnr, ssim_np
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_path
-from ..bokeh_renderer import defocus_map, render_bokeh
-from ..scenes import generate_scene
+from runtime_py.atomic import atomic_path
+from runtime_py.bokeh_renderer import defocus_map, render_bokeh
+from runtime_py.scenes import generate_scene
 
 IN_FOCUS_THRESHOLD = 0.1
 

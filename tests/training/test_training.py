@@ -10,7 +10,7 @@ import torch
 
 from runtime_py.bokeh_renderer import defocus_map
 from runtime_py.model import build_model
-from runtime_py.training.data import (
+from training.default_model.data import (
     PoolSpec,
     SceneTileDataset,
     TrainingDataError,
@@ -18,8 +18,8 @@ from runtime_py.training.data import (
     load_scene_pool,
     tile_inputs,
 )
-from runtime_py.training.losses import bokeh_loss, gradient_energy, psnr, ssim, ssim_np
-from runtime_py.training.trainer import (
+from training.default_model.losses import bokeh_loss, gradient_energy, psnr, ssim, ssim_np
+from training.default_model.trainer import (
     TrainConfig,
     TrainingError,
     load_checkpoint,
@@ -144,7 +144,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
     model already returns (a 1 / sqrt(a) = 1.025 brighter copy of) its input; a random VAE does not."""
     import math
 
-    from runtime_py.training.data import load_scene_pool
+    from training.default_model.data import load_scene_pool
 
     layout = {"vae_block_out_channels": [16, 16, 16], "vae_norm_num_groups": 4, "latent_channels": 4,
               "cond_embedding_channels": [8, 8, 16],
@@ -171,7 +171,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
 
 
 def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
-    from runtime_py.training.trainer import pack_checkpoint
+    from training.default_model.trainer import pack_checkpoint
 
     model = build_model("tiny", seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -190,7 +190,7 @@ def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
 
 
 def test_model_overrides_change_the_trained_configuration():
-    from runtime_py.training.trainer import model_config_of
+    from training.default_model.trainer import model_config_of
 
     base = TrainConfig(pool_files=["x"], run_dir="r", model_config="tiny")
     assert model_config_of(base).latent_channels == 4
@@ -214,7 +214,7 @@ def test_cli_parses_overrides_and_pool_shards():
 
 
 def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
-    from runtime_py.training.data import build_scene_pool_shards
+    from training.default_model.data import build_scene_pool_shards
 
     specs = [PoolSpec(0, 2, 64), PoolSpec(2, 2, 64)]
     paths = build_scene_pool_shards(specs, tmp_path / "par", workers=2)
@@ -227,7 +227,7 @@ def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
 
 def test_a_run_loads_with_its_overrides_and_cli_errors_are_clear(tmp_path, capsys):
     from export.train_default import main
-    from runtime_py.training.trainer import load_trained_model
+    from training.default_model.trainer import load_trained_model
 
     model = build_model(build_model("tiny").config.replace(latent_channels=8), seed=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

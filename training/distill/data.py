@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..model import MagicBokehConfig
+from runtime_py.model import MagicBokehConfig
 
 
 @dataclass
@@ -210,6 +210,6 @@ def scene_generator_from_runtime(config: MagicBokehConfig, family: str = "dead_l
     Each scene carries the physically based renderer's output as ``teacher``, so
     ``RendererTeacher()`` (no render function) teaches from it without rendering again.
     """
-    from ..scenes import generate_scene
+    from runtime_py.scenes import generate_scene
 
     return lambda seed: generate_scene(seed, size=config.tile, family=family)
