@@ -25,10 +25,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from training.distill.cost import build_on_meta, count_flops, model_cost
+from runtime_py.components import TILE_COMPONENTS
 from runtime_py.model import MagicBokehConfig, get_config
 from runtime_py.tiling import plan_tiles
 
-TILE_COMPONENTS = ("encoder", "denoiser", "decoder")
 FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode: 2 FLOPs per multiply-accumulate; "
                    "matmul, convolution and attention only (norms and activations not counted)")
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_py.bokeh_renderer import defocus_map
+from runtime_py.contract import defocus_map
 from runtime_py.model import build_model
+from runtime_py.parity import psnr
 from training.default_model.data import (
     PoolSpec,
     SceneTileDataset,
@@ -18,7 +19,7 @@ from training.default_model.data import (
     load_scene_pool,
     tile_inputs,
 )
-from training.default_model.losses import bokeh_loss, gradient_energy, psnr, ssim, ssim_np
+from training.default_model.losses import bokeh_loss, gradient_energy, ssim, ssim_np
 from training.default_model.trainer import (
     TrainConfig,
     TrainingError,
@@ -67,7 +68,11 @@ def test_tile_inputs_follow_the_model_contract():
     depth = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     image = np.full((64, 64, 3), 0.5, np.float32)
     inputs = tile_inputs(image, depth, 0.5, 16)
-    np.testing.assert_allclose(inputs["defocus"][0, 0].numpy(), defocus_map(depth, 0.5, 16))
+    np.testing.assert_array_equal(inputs["defocus"][0, 0].numpy(), defocus_map(depth, 0.5, 16))
+    np.testing.assert_array_equal(inputs["in_focus"][0, 0].numpy(), (defocus_map(depth, 0.5, 16) <= 0.1).astype(np.float32))
+    # A model configuration's own threshold reaches the mask.
+    wide = tile_inputs(image, depth, 0.5, 16, in_focus_threshold=0.2)
+    assert wide["in_focus"].sum() > inputs["in_focus"].sum()
     assert torch.allclose(inputs["x"], torch.zeros_like(inputs["x"]))  # 0.5 -> 0 in [-1, 1]
 
 
@@ -77,10 +82,10 @@ def test_losses_and_metrics():
     terms = bokeh_loss(a * 2 - 1, a * 2 - 1)
     assert float(terms["total"]) < 1e-6
     img = np.random.default_rng(0).random((32, 32, 3))
-    assert psnr(img, img) == float("inf")
+    assert psnr(img, img, peak=1.0) == float("inf")
     assert abs(ssim_np(img, img) - 1.0) < 1e-9
     assert gradient_energy(np.full((8, 8, 3), 0.3)) == 0.0
-    assert psnr(img, np.clip(img + 0.1, 0, 1)) < psnr(img, np.clip(img + 0.01, 0, 1))
+    assert psnr(img, np.clip(img + 0.1, 0, 1), peak=1.0) < psnr(img, np.clip(img + 0.01, 0, 1), peak=1.0)
 
 
 def test_lr_schedule_warms_up_then_decays():

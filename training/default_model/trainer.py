@@ -338,7 +338,8 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
         start_step, history, elapsed_before = meta["step"], meta.get("history", []), meta.get("train_seconds", 0.0)
         log(f"resumed from step {start_step}")
 
-    dataset = SceneTileDataset(pool, config.crop, length=config.total_steps * config.batch_size, seed=config.data_seed)
+    dataset = SceneTileDataset(pool, config.crop, length=config.total_steps * config.batch_size, seed=config.data_seed,
+                               in_focus_threshold=model.config.defocus_in_focus_threshold)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

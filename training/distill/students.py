@@ -26,7 +26,7 @@ from torch import nn
 
 from runtime_py.atomic import atomic_path
 from runtime_py.model import MagicBokeh, MagicBokehConfig, get_config
-from runtime_py.model.magicbokeh import TileStages
+from runtime_py.model.magicbokeh import OneStepTileModel
 from runtime_py.model.unet import build_unet, unet_forward
 from runtime_py.model.vae import build_vae
 from runtime_py.model.sampling import decode_unclamped, sample_latent
@@ -147,7 +147,7 @@ def check_compatible(teacher: MagicBokehConfig, student: MagicBokehConfig) -> No
         raise ValueError(f"student {student.name!r} cannot learn from teacher {teacher.name!r}: " + "; ".join(problems))
 
 
-class FoldedMagicBokeh(TileStages, nn.Module):
+class FoldedMagicBokeh(OneStepTileModel, nn.Module):
     """MagicBokeh without the injector: the defocus embedding is added to the UNet's input features.
 
     ``h = unet.conv_in(z) + cond_embedding(2d - 1)`` is exactly where the published injector adds the
