@@ -189,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the trainer's imports: --help stays instant
     from training.default_model.data import TrainingDataError
     from training.default_model.trainer import TrainingError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (TrainingError, TrainingDataError) as exc:
