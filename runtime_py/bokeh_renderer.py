@@ -270,10 +270,10 @@ def gaussian_background_blur(
 ) -> np.ndarray:
     """The naive baseline: one Gaussian blur pasted behind the in-focus region.
 
-    The in-focus region is MagicBokeh's (``D <= 0.1``, :mod:`runtime_py.contract`); the Gaussian's sigma is half the median
-    disk radius of the out-of-focus pixels (a disk of radius r has a standard deviation of r/2),
-    so the baseline blurs as much as the renderer does on average, without depth layering,
-    occlusion or highlights.
+    The in-focus region is MagicBokeh's (``D <= 0.1``, :mod:`runtime_py.contract`); the Gaussian's
+    sigma is half the median disk radius of the out-of-focus pixels (a disk of radius r has a
+    standard deviation of r/2), so the baseline blurs as much as the renderer does on average,
+    without depth layering, occlusion or highlights.
     """
     settings = settings or BokehSettings()
     image, depth = _validate(image, depth, focus, aperture_k)

@@ -2,8 +2,9 @@
 
 PSNR is ``20 log10(peak / RMSE)`` with the peak stated by the caller: by default the definition
 Apple's and Qualcomm's converters report, ``peak = max|ref|``, meaningful for latents as well as
-images; image-quality figures on [0, 1] images (training, the model card) pass ``peak=1.0``. SSIM is computed on images (Gaussian window,
-sigma 1.5, the usual constants) with an explicit data range.
+images; image-quality figures on [0, 1] images (training, the model card) pass ``peak=1.0``.
+SSIM is computed on images (Gaussian window, sigma 1.5, the usual constants) with an explicit data
+range.
 """
 
 from __future__ import annotations
