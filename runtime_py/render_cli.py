@@ -23,17 +23,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .atomic import write_bytes, write_json
-from .backends.base import ComponentFn
 from .checkpoints.weight_args import WeightArgumentError, add_weight_arguments, load_weights, uses_checkpoint
 from .cli import CLIError
-from .images import InputError, load_depth, load_image, load_mask, parse_point, validate_focus_value
 from .model.config import MagicBokehConfig, get_config
-from .pipeline import FocusMask, FocusPoint, FocusSpec, FocusValue, RenderResult, render_image
+
+if TYPE_CHECKING:  # torch, numpy and PIL are imported when a photo is rendered, not for --help
+    import numpy as np
+
+    from .backends.base import ComponentFn
+    from .contract import FocusSpec
+    from .pipeline import RenderResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_K = 32
@@ -156,6 +158,9 @@ def plan_jobs(args: argparse.Namespace) -> list[RenderJob]:
 
 
 def _focus_for(job: RenderJob, args: argparse.Namespace) -> tuple[FocusSpec, dict[str, Any]]:
+    from .contract import FocusMask, FocusPoint, FocusValue
+    from .images import load_mask, parse_point, validate_focus_value
+
     if job.mask is not None:
         return FocusMask(load_mask(job.mask)), {"mode": "mask", "mask": str(job.mask)}
     if args.focus_point is not None:
@@ -255,6 +260,9 @@ def _write_outputs(job: RenderJob, result: RenderResult, record: dict[str, Any],
 
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``render``."""
+    from .images import InputError, load_depth, load_image, parse_point, validate_aperture, validate_focus_value
+    from .pipeline import render_image
+
     jobs = plan_jobs(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -266,8 +274,6 @@ def run_render(args: argparse.Namespace) -> int:
         validate_focus_value(args.focus_value, name="--focus-value")
     if args.focus_point is not None:
         parse_point(args.focus_point)
-    from .images import validate_aperture
-
     K = validate_aperture(args.K)
     depth_fn = None
     if any(job.depth is None for job in jobs):

@@ -7,13 +7,17 @@
 
 ``python -m runtime_py convert`` turns the first form into the second once, so that later steps
 never touch a pickle.
+
+Loaders are imported on first use (PEP 562): the command-line parsers and the error classes do not
+pull in the model definition (diffusers).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..model import MagicBokeh
 from ..model.config import MagicBokehConfig
 from .errors import (
     CheckpointError,
@@ -22,9 +26,25 @@ from .errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
-from .native import load_native, read_native_config, read_native_metadata, save_native, weights_sha256
-from .official import OfficialLoadReport, load_official, load_official_with_report
-from .safe_pickle import module_tensors, safe_torch_load
+
+if TYPE_CHECKING:
+    from ..model import MagicBokeh
+    from .native import load_native, read_native_config, read_native_metadata, save_native, weights_sha256
+    from .official import OfficialLoadReport, load_official, load_official_with_report
+    from .safe_pickle import module_tensors, safe_torch_load
+
+_LAZY = {
+    "load_native": ".native",
+    "read_native_config": ".native",
+    "read_native_metadata": ".native",
+    "save_native": ".native",
+    "weights_sha256": ".native",
+    "OfficialLoadReport": ".official",
+    "load_official": ".official",
+    "load_official_with_report": ".official",
+    "module_tensors": ".safe_pickle",
+    "safe_torch_load": ".safe_pickle",
+}
 
 __all__ = [
     "CheckpointError",
@@ -44,6 +64,18 @@ __all__ = [
     "save_native",
     "weights_sha256",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_model(
@@ -68,7 +100,11 @@ def load_model(
                 "the published weights need both sd21= (the Stable Diffusion 2.1-base folder) and lora= (lora.pkl); "
                 f"got only {'sd21' if lora is None else 'lora'}="
             )
+        from .official import load_official
+
         return load_official(sd21, lora, config)
     if checkpoint is not None:
+        from .native import load_native
+
         return load_native(checkpoint, config=config)
     raise ValueError("no weights given: pass sd21= and lora= (published weights) or checkpoint= (a native .safetensors file)")

@@ -248,7 +248,7 @@ def test_sd21_denoiser_exports_with_external_data(tmp_path: Path) -> None:
     import time
 
     from export.onnx_export import external_data_path, export_onnx
-    from export.qnn_lowering import peak_rss_mib
+    from runtime_py.memory import peak_rss_mib
     from export.qnn_rewrites import rewrite_for_htp
 
     denoiser = tile_components(build_model("sd21", seed=0))["denoiser"]

@@ -103,6 +103,22 @@ def test_pooled_psnr_definition():
     assert psnr(ref, test) == pytest.approx(expected)
 
 
+def test_psnr_peak_is_stated_and_mask_selects():
+    ref = np.array([[0.5, 0.25], [0.0, 1.0]])
+    test = ref + np.array([[0.1, 0.0], [0.0, 0.0]])
+    # peak 1.0 (images in [0, 1]): 10 log10(1 / MSE)
+    assert psnr(ref, test, peak=1.0) == pytest.approx(10 * math.log10(1.0 / (0.1**2 / 4)))
+    # the default peak is max|ref| (here also 1.0) and 255 scales by 20 log10(255)
+    assert psnr(ref, test) == pytest.approx(psnr(ref, test, peak=1.0))
+    assert psnr(ref, test, peak=255.0) == pytest.approx(psnr(ref, test, peak=1.0) + 20 * math.log10(255.0))
+    mask = np.array([[False, True], [True, True]])  # leaves out the only differing pixel
+    assert psnr(ref, test, peak=1.0, mask=mask) == math.inf
+    assert psnr(ref, test, peak=1.0, mask=~mask) == pytest.approx(20.0)  # one pixel off by 0.1
+    assert math.isnan(psnr(ref, test, peak=1.0, mask=np.zeros_like(mask)))
+    with pytest.raises(ValueError, match="peak"):
+        psnr(ref, test, peak=0.0)
+
+
 def test_bad_inputs_are_clear(reference, samples):
     with pytest.raises(ValueError, match="at least one sample"):
         run_parity(reference, reference, [], config=CONFIG)

@@ -12,7 +12,7 @@
 from .cost import DEFAULT_STUDENTS, ModelCost, StudentSpec, cost_report, model_cost, write_cost_report
 from .data import SceneTiles, SyntheticTiles, TileBatch, TileSource, scene_generator_from_runtime
 from .losses import LossWeights
-from ..model.sampling import sample_latent, sampling_timesteps
+from runtime_py.model.sampling import sample_latent, sampling_timesteps
 from .students import (
     STUDENT_CONFIGS,
     FoldedMagicBokeh,

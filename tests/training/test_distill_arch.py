@@ -7,7 +7,7 @@ import json
 import torch
 
 from runtime_py.components import tile_components
-from runtime_py.distill import (
+from training.distill import (
     DistillConfig,
     DistillTrainer,
     FoldedMagicBokeh,

@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from ..atomic import atomic_path, write_json
-from ..model import MagicBokeh, MagicBokehConfig, build_model, get_config
+from runtime_py.atomic import atomic_path, write_json
+from runtime_py.model import MagicBokeh, MagicBokehConfig, build_model, get_config
 from .data import SceneTileDataset, load_scene_pool
 from .losses import bokeh_loss
 from .vae_init import VaeInitError, init_vae_as_autoencoder
@@ -79,7 +79,7 @@ class TrainConfig:
     # the model begins as its own autoencoder and learns corrections (fresh runs only). Meant for
     # small timesteps (sqrt(a) = 0.98 at t = 50); at t = 999 it would start from x0 = 15 z.
     zero_unet_output: bool = True
-    # "analytic": the VAE starts as block means + bilinear upsampling (runtime_py.training.vae_init),
+    # "analytic": the VAE starts as block means + bilinear upsampling (training.default_model.vae_init),
     # readouts fit on pool images; "random": diffusers' initialisation (fresh runs only).
     vae_init: str = "analytic"
     max_minutes: float = 48.0
@@ -338,7 +338,8 @@ def train(config: TrainConfig, resume: bool = True, log: Any = print) -> TrainRe
         start_step, history, elapsed_before = meta["step"], meta.get("history", []), meta.get("train_seconds", 0.0)
         log(f"resumed from step {start_step}")
 
-    dataset = SceneTileDataset(pool, config.crop, length=config.total_steps * config.batch_size, seed=config.data_seed)
+    dataset = SceneTileDataset(pool, config.crop, length=config.total_steps * config.batch_size, seed=config.data_seed,
+                               in_focus_threshold=model.config.defocus_in_focus_threshold)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

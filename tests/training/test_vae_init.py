@@ -1,4 +1,4 @@
-"""The analytic VAE start (runtime_py.training.vae_init) is the autoencoder it claims to be."""
+"""The analytic VAE start (training.default_model.vae_init) is the autoencoder it claims to be."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from runtime_py.model import get_config
 from runtime_py.model.vae import build_vae, decode, encode_mean
 from runtime_py.scenes import generate_scene
-from runtime_py.training.vae_init import LATENT_GAIN, VaeInitError, init_vae_as_autoencoder
+from training.default_model.vae_init import LATENT_GAIN, VaeInitError, init_vae_as_autoencoder
 
 # tiny's UNet and tile with a 4x VAE laid out like the default model's (4 GroupNorm groups).
 CONFIG = get_config("tiny").replace(vae_block_out_channels=(16, 16, 16), vae_norm_num_groups=4, latent_channels=4)

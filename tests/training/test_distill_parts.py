@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runtime_py.components import tile_components
-from runtime_py.distill import (
+from training.distill import (
     STUDENT_CONFIGS,
     FoldedMagicBokeh,
     LossWeights,
@@ -22,8 +22,8 @@ from runtime_py.distill import (
     save_student,
     scene_generator_from_runtime,
 )
-from runtime_py.distill.cost import build_on_meta
-from runtime_py.distill.losses import FeatureTaps, build_adapters, feature_loss
+from training.distill.cost import build_on_meta
+from training.distill.losses import FeatureTaps, build_adapters, feature_loss
 from runtime_py.model.sampling import sampling_timesteps
 from runtime_py.model import build_model, get_config
 

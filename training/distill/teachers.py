@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..model import MagicBokehConfig
+from runtime_py.model import MagicBokehConfig
 from .data import TileBatch
-from ..model.sampling import RENOISE_MODES, draw_noises, sample_latent
+from runtime_py.model.sampling import RENOISE_MODES, draw_noises, sample_latent
 
 
 @dataclass
@@ -108,7 +108,7 @@ def render_with_physical_renderer(batch: TileBatch) -> torch.Tensor:
     Renders the batch's ``clean`` image with its exact ``depth``, ``focus`` and ``aperture``; the
     output is in [-1, 1] like the model's.
     """
-    from ..bokeh_renderer import render_bokeh
+    from runtime_py.bokeh_renderer import render_bokeh
 
     missing = [n for n in ("clean", "depth", "focus", "aperture") if getattr(batch, n) is None]
     if missing:
@@ -149,7 +149,7 @@ def load_model_teacher(
     trained student can teach the next one, e.g. progressive distillation). Random weights exist
     for trials and tests of the machinery only.
     """
-    from ..model import build_model
+    from runtime_py.model import build_model
 
     if checkpoint is None and sd21 is None and lora is None:
         return ModelTeacher(build_model(config, seed=seed), num_steps, renoise)
@@ -165,7 +165,7 @@ def load_model_teacher(
             if sd21 is not None or lora is not None:
                 raise ValueError("give either a teacher checkpoint or sd21 + lora, not both")
             return ModelTeacher(load_student(path), num_steps, renoise)
-    from ..checkpoints import load_model
+    from runtime_py.checkpoints import load_model
 
     model = load_model(sd21=sd21, lora=lora, checkpoint=checkpoint, config=config if sd21 is not None else None)
     return ModelTeacher(model.eval(), num_steps, renoise)

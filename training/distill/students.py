@@ -24,12 +24,12 @@ from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedd
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_path
-from ..model import MagicBokeh, MagicBokehConfig, get_config
-from ..model.magicbokeh import TileStages
-from ..model.unet import build_unet, unet_forward
-from ..model.vae import build_vae
-from ..model.sampling import decode_unclamped, sample_latent
+from runtime_py.atomic import atomic_path
+from runtime_py.model import MagicBokeh, MagicBokehConfig, get_config
+from runtime_py.model.magicbokeh import OneStepTileModel
+from runtime_py.model.unet import build_unet, unet_forward
+from runtime_py.model.vae import build_vae
+from runtime_py.model.sampling import decode_unclamped, sample_latent
 
 ARCHITECTURES = ("magicbokeh", "folded")
 
@@ -147,7 +147,7 @@ def check_compatible(teacher: MagicBokehConfig, student: MagicBokehConfig) -> No
         raise ValueError(f"student {student.name!r} cannot learn from teacher {teacher.name!r}: " + "; ".join(problems))
 
 
-class FoldedMagicBokeh(TileStages, nn.Module):
+class FoldedMagicBokeh(OneStepTileModel, nn.Module):
     """MagicBokeh without the injector: the defocus embedding is added to the UNet's input features.
 
     ``h = unet.conv_in(z) + cond_embedding(2d - 1)`` is exactly where the published injector adds the

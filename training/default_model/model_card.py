@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import atomic_path, write_json, write_text
-from ..model import MagicBokeh, get_config
+from runtime_py.atomic import atomic_path, write_json, write_text
+from runtime_py.model import MagicBokeh, get_config
 from .evaluate import HELD_OUT_FIRST_SEED, evaluate_model
 from .trainer import load_trained_model
 
@@ -96,9 +96,9 @@ def portrait_photo() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 def render_with_pipeline(model: MagicBokeh, image_u8: np.ndarray, depth: np.ndarray, mask: np.ndarray, K: int) -> np.ndarray:
     """Render a whole photo through the toolkit's reference pipeline (tiling, colour fix)."""
-    from ..backends.torch_backend import TorchBackend
-    from ..components import tile_components
-    from ..pipeline import FocusMask, render_image
+    from runtime_py.backends.torch_backend import TorchBackend
+    from runtime_py.components import tile_components
+    from runtime_py.pipeline import FocusMask, render_image
 
     components = TorchBackend().load(tile_components(model))
     result = render_image(image_u8, depth, components=components, config=model.config, K=K, focus=FocusMask(mask))
@@ -162,7 +162,7 @@ weights: a user who has those loads them instead.
   inputs in the minutes it gets (measured), far below the input's own fidelity, and at t = 999 the
   one-step update multiplies the UNet's errors by sqrt(1 - alpha) / sqrt(alpha) = 15. So the VAE
   downsamples 4x and starts as 4 x 4 block means + bilinear upsampling written into its own
-  layers (`runtime_py.training.vae_init`; about 34 dB on the degraded inputs before any training),
+  layers (`training.default_model.vae_init`; about 34 dB on the degraded inputs before any training),
   the attention sits one level coarser so that it runs on the same token grids as SD2.1's at a
   512-px tile, and at t = {a['timestep']} the update is `x0 = (z - {a['sqrt_one_minus_alpha']:.3f} eps) / {a['sqrt_alpha']:.3f}`: the
   UNet learns a correction of the latent. Components, exporters, quantizers and the focus
@@ -249,8 +249,8 @@ Columns: input, depth, focus mask, output.
 def finish_default_model(run_dir: Path, weights_dir: Path, num_scenes: int = 12, eval_size: int = 512,
                          figure_scenes: int = 3) -> dict[str, Any]:
     """Checkpoint -> fp16 native weights -> evaluation of those weights -> figures -> card."""
-    from ..checkpoints import load_native, save_native
-    from ..checkpoints.native import read_native_metadata
+    from runtime_py.checkpoints import load_native, save_native
+    from runtime_py.checkpoints.native import read_native_metadata
 
     # One thread: on a shared 2-core machine a second thread mostly waits for the first.
     torch.set_num_threads(1)
@@ -281,7 +281,7 @@ def finish_default_model(run_dir: Path, weights_dir: Path, num_scenes: int = 12,
              (r.output, "default model"), (r.scene.teacher, "teacher")] for r in kept]
     _save_png(_grid(rows, 256), weights_dir / FIGURE_HELD_OUT)
 
-    from ..scenes import generate_scene
+    from runtime_py.scenes import generate_scene
 
     K = 24
     street_size = 768

@@ -1,12 +1,11 @@
-"""Losses for training against the bokeh teacher, and the PSNR / SSIM figures of the model card.
+"""Losses for training against the bokeh teacher, and the SSIM / sharpness figures of the model card
+(PSNR is :func:`runtime_py.parity.psnr`, peak 1.0).
 
 SSIM follows Wang et al. (2004): 11-tap Gaussian window, sigma 1.5, C1 = (0.01 L)^2,
 C2 = (0.03 L)^2 with data range L = 1, computed per channel on images in [0, 1] and averaged.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -72,22 +71,6 @@ def _bokeh_loss_fp32(output: torch.Tensor, teacher: torch.Tensor, ssim_weight: f
 
 
 # -- figures (numpy, images (H, W, 3) in [0, 1]) -------------------------------------------------
-
-
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """PSNR in dB for images in [0, 1]; with a mask, over the masked pixels only."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"PSNR needs images of one shape, got {a.shape} and {b.shape}")
-    err = (a - b) ** 2
-    if mask is not None:
-        m = np.asarray(mask, bool)
-        if not m.any():
-            return float("nan")
-        err = err[m]
-    mse = float(err.mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 def ssim_np(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_py.bokeh_renderer import defocus_map
+from runtime_py.contract import defocus_map
 from runtime_py.model import build_model
-from runtime_py.training.data import (
+from runtime_py.parity import psnr
+from training.default_model.data import (
     PoolSpec,
     SceneTileDataset,
     TrainingDataError,
@@ -18,8 +19,8 @@ from runtime_py.training.data import (
     load_scene_pool,
     tile_inputs,
 )
-from runtime_py.training.losses import bokeh_loss, gradient_energy, psnr, ssim, ssim_np
-from runtime_py.training.trainer import (
+from training.default_model.losses import bokeh_loss, gradient_energy, ssim, ssim_np
+from training.default_model.trainer import (
     TrainConfig,
     TrainingError,
     load_checkpoint,
@@ -67,7 +68,11 @@ def test_tile_inputs_follow_the_model_contract():
     depth = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     image = np.full((64, 64, 3), 0.5, np.float32)
     inputs = tile_inputs(image, depth, 0.5, 16)
-    np.testing.assert_allclose(inputs["defocus"][0, 0].numpy(), defocus_map(depth, 0.5, 16))
+    np.testing.assert_array_equal(inputs["defocus"][0, 0].numpy(), defocus_map(depth, 0.5, 16))
+    np.testing.assert_array_equal(inputs["in_focus"][0, 0].numpy(), (defocus_map(depth, 0.5, 16) <= 0.1).astype(np.float32))
+    # A model configuration's own threshold reaches the mask.
+    wide = tile_inputs(image, depth, 0.5, 16, in_focus_threshold=0.2)
+    assert wide["in_focus"].sum() > inputs["in_focus"].sum()
     assert torch.allclose(inputs["x"], torch.zeros_like(inputs["x"]))  # 0.5 -> 0 in [-1, 1]
 
 
@@ -77,10 +82,10 @@ def test_losses_and_metrics():
     terms = bokeh_loss(a * 2 - 1, a * 2 - 1)
     assert float(terms["total"]) < 1e-6
     img = np.random.default_rng(0).random((32, 32, 3))
-    assert psnr(img, img) == float("inf")
+    assert psnr(img, img, peak=1.0) == float("inf")
     assert abs(ssim_np(img, img) - 1.0) < 1e-9
     assert gradient_energy(np.full((8, 8, 3), 0.3)) == 0.0
-    assert psnr(img, np.clip(img + 0.1, 0, 1)) < psnr(img, np.clip(img + 0.01, 0, 1))
+    assert psnr(img, np.clip(img + 0.1, 0, 1), peak=1.0) < psnr(img, np.clip(img + 0.01, 0, 1), peak=1.0)
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -144,7 +149,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
     model already returns (a 1 / sqrt(a) = 1.025 brighter copy of) its input; a random VAE does not."""
     import math
 
-    from runtime_py.training.data import load_scene_pool
+    from training.default_model.data import load_scene_pool
 
     layout = {"vae_block_out_channels": [16, 16, 16], "vae_norm_num_groups": 4, "latent_channels": 4,
               "cond_embedding_channels": [8, 8, 16],
@@ -171,7 +176,7 @@ def test_analytic_vae_start_makes_the_first_output_a_reconstruction(pool_file, t
 
 
 def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
-    from runtime_py.training.trainer import pack_checkpoint
+    from training.default_model.trainer import pack_checkpoint
 
     model = build_model("tiny", seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -190,7 +195,7 @@ def test_pack_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
 
 
 def test_model_overrides_change_the_trained_configuration():
-    from runtime_py.training.trainer import model_config_of
+    from training.default_model.trainer import model_config_of
 
     base = TrainConfig(pool_files=["x"], run_dir="r", model_config="tiny")
     assert model_config_of(base).latent_channels == 4
@@ -214,7 +219,7 @@ def test_cli_parses_overrides_and_pool_shards():
 
 
 def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
-    from runtime_py.training.data import build_scene_pool_shards
+    from training.default_model.data import build_scene_pool_shards
 
     specs = [PoolSpec(0, 2, 64), PoolSpec(2, 2, 64)]
     paths = build_scene_pool_shards(specs, tmp_path / "par", workers=2)
@@ -227,7 +232,7 @@ def test_pool_shards_build_in_parallel_and_match_a_serial_build(tmp_path):
 
 def test_a_run_loads_with_its_overrides_and_cli_errors_are_clear(tmp_path, capsys):
     from export.train_default import main
-    from runtime_py.training.trainer import load_trained_model
+    from training.default_model.trainer import load_trained_model
 
     model = build_model(build_model("tiny").config.replace(latent_channels=8), seed=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

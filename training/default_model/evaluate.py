@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bokeh_renderer import gaussian_background_blur
-from ..model import MagicBokeh
-from ..scenes import Scene, generate_scene
-from .data import IN_FOCUS_THRESHOLD, tile_inputs
-from .losses import gradient_energy, psnr, ssim_np
+from runtime_py.bokeh_renderer import gaussian_background_blur
+from runtime_py.model import MagicBokeh
+from runtime_py.parity import psnr
+from runtime_py.scenes import Scene, generate_scene
+
+from .data import tile_inputs
+from .losses import gradient_energy, ssim_np
 
 HELD_OUT_FIRST_SEED = 1_000_000
 """Training uses seeds below 1 600 (see export.train_default); held-out scenes start here."""
@@ -43,7 +45,8 @@ class SceneResult:
 
 def run_model_on_scene(model: MagicBokeh, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """The model's output (H, W, 3) in [0, 1] for a scene, and the in-focus mask it was given."""
-    inputs = tile_inputs(scene.degraded, scene.depth, scene.focus, scene.aperture_k)
+    inputs = tile_inputs(scene.degraded, scene.depth, scene.focus, scene.aperture_k,
+                         model.config.defocus_in_focus_threshold)
     with torch.no_grad():
         out = model(inputs["x"], inputs["defocus"], inputs["in_focus"])
     image = ((out[0].permute(1, 2, 0).numpy() + 1.0) * 0.5).clip(0.0, 1.0).astype(np.float32)
@@ -52,10 +55,10 @@ def run_model_on_scene(model: MagicBokeh, scene: Scene) -> tuple[np.ndarray, np.
 
 def scene_metrics(candidate: np.ndarray, teacher: np.ndarray, in_focus: np.ndarray) -> dict[str, float]:
     return {
-        "psnr": psnr(candidate, teacher),
+        "psnr": psnr(teacher, candidate, peak=1.0),
         "ssim": ssim_np(candidate, teacher),
-        "psnr_in_focus": psnr(candidate, teacher, in_focus),
-        "psnr_out_of_focus": psnr(candidate, teacher, ~in_focus),
+        "psnr_in_focus": psnr(teacher, candidate, peak=1.0, mask=in_focus),
+        "psnr_out_of_focus": psnr(teacher, candidate, peak=1.0, mask=~in_focus),
         "sharpness_in_focus": gradient_energy(candidate, in_focus) / max(gradient_energy(teacher, in_focus), 1e-8),
     }
 
@@ -63,7 +66,7 @@ def scene_metrics(candidate: np.ndarray, teacher: np.ndarray, in_focus: np.ndarr
 def evaluate_scene(model: MagicBokeh, scene: Scene) -> SceneResult:
     output, in_focus = run_model_on_scene(model, scene)
     gaussian = gaussian_background_blur(scene.degraded, scene.depth, scene.focus, scene.aperture_k,
-                                        in_focus_threshold=IN_FOCUS_THRESHOLD)
+                                        in_focus_threshold=model.config.defocus_in_focus_threshold)
     metrics = {
         "model": scene_metrics(output, scene.teacher, in_focus),
         "input": scene_metrics(scene.degraded, scene.teacher, in_focus),

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_json, write_text
+from runtime_py.atomic import atomic_path, write_json, write_text
 from .data import TileBatch, TileSource
 from .losses import FeatureTaps, LossWeights, build_adapters, default_tap_names, feature_loss, output_losses, weighted_total
-from ..model.sampling import RENOISE_MODES, decode_unclamped, draw_noises, sample_latent
+from runtime_py.model.sampling import RENOISE_MODES, decode_unclamped, draw_noises, sample_latent
 from .students import architecture_of, check_compatible, save_student
 from .teachers import Teacher, TeacherOutput
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..atomic import write_json, write_text
-from ..model import MagicBokeh, MagicBokehConfig, get_config
+from runtime_py.atomic import write_json, write_text
+from runtime_py.model import MagicBokeh, MagicBokehConfig, get_config
 from .students import FoldedMagicBokeh, architecture_of, get_student_config
 
 

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from runtime_py.distill import (
+from training.distill import (
     DistillConfig,
     DistillTrainer,
     LossWeights,

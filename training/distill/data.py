@@ -18,15 +18,16 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..model import MagicBokehConfig
+from runtime_py.contract import defocus_inputs, defocus_map, in_focus_mask
+from runtime_py.model import MagicBokehConfig
 
 
 @dataclass
 class TileBatch:
     """One batch of tiles as the denoiser sees them, plus what a renderer teacher may need.
 
-    ``rgb`` (B, 3, T, T) in [-1, 1]; ``defocus`` (B, 1, T, T) = |depth - focus| * K / 32;
-    ``in_focus`` (B, 1, T, T) in {0, 1}; ``target`` (B, 3, T, T) in [-1, 1] when the data already
+    ``rgb`` (B, 3, T, T) in [-1, 1]; ``defocus`` (B, 1, T, T) = |depth - focus| * K / 32 and
+    ``in_focus`` (B, 1, T, T) in {0, 1}, both from :mod:`runtime_py.contract`; ``target`` (B, 3, T, T) in [-1, 1] when the data already
     holds a teacher render; ``clean`` / ``depth`` / ``focus`` / ``aperture`` for renderer teachers.
     """
 
@@ -48,14 +49,9 @@ class TileBatch:
         return int(self.rgb.shape[0])
 
 
-def defocus_inputs(
-    depth: torch.Tensor, focus: torch.Tensor, aperture: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``D = |depth - f| * K / 32`` and ``in_focus = 1 - [D > threshold]`` (the model contract)."""
-    f = focus.reshape(-1, 1, 1, 1).to(depth.dtype)
-    k = aperture.reshape(-1, 1, 1, 1).to(depth.dtype)
-    defocus = (depth - f).abs() * k / 32.0
-    return defocus, (defocus <= threshold).to(depth.dtype)
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample focus or aperture -> (B, 1, 1, 1), to broadcast against (B, 1, T, T) maps."""
+    return values.reshape(-1, 1, 1, 1)
 
 
 class TileSource(ABC):
@@ -114,7 +110,8 @@ class SyntheticTiles(TileSource):
         pick = torch.randint(0, t * t, (batch_size,), generator=g)
         focus = depth.reshape(batch_size, -1).gather(1, pick[:, None])[:, 0]
         aperture = torch.randint(1, self.max_aperture + 1, (batch_size,), generator=g).to(torch.float32)
-        defocus, in_focus = defocus_inputs(depth, focus, aperture, self.config.defocus_in_focus_threshold)
+        defocus, in_focus = defocus_inputs(depth, _per_sample(focus), _per_sample(aperture),
+                                           self.config.defocus_in_focus_threshold)
         return TileBatch(rgb=rgb, defocus=defocus, in_focus=in_focus, clean=(rgb + 1) / 2, depth=depth,
                          focus=focus, aperture=aperture)
 
@@ -178,9 +175,7 @@ class SceneTiles(TileSource):
             if defocus is not None:
                 rows["defocus"].append(self._image(defocus, 1, "defocus"))
             elif focus is not None and aperture is not None:
-                dm, _ = defocus_inputs(d[None], torch.tensor([float(focus)]), torch.tensor([float(aperture)]),
-                                       self.config.defocus_in_focus_threshold)
-                rows["defocus"].append(dm[0])
+                rows["defocus"].append(defocus_map(d, float(focus), float(aperture)))
             else:
                 raise ValueError("a scene needs a 'defocus' map or 'focus' and 'aperture' values")
             if focus is not None:
@@ -199,7 +194,7 @@ class SceneTiles(TileSource):
             return torch.stack(values) if len(values) == batch_size else None
 
         defocus = stack("defocus")
-        in_focus = (defocus <= self.config.defocus_in_focus_threshold).to(torch.float32)
+        in_focus = in_focus_mask(defocus, self.config.defocus_in_focus_threshold)
         return TileBatch(rgb=stack("rgb"), defocus=defocus, in_focus=in_focus, target=stack("target"),
                          clean=stack("clean"), depth=stack("depth"), focus=stack("focus"), aperture=stack("aperture"))
 
@@ -210,6 +205,6 @@ def scene_generator_from_runtime(config: MagicBokehConfig, family: str = "dead_l
     Each scene carries the physically based renderer's output as ``teacher``, so
     ``RendererTeacher()`` (no render function) teaches from it without rendering again.
     """
-    from ..scenes import generate_scene
+    from runtime_py.scenes import generate_scene
 
     return lambda seed: generate_scene(seed, size=config.tile, family=family)

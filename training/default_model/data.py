@@ -5,7 +5,10 @@ training step on two CPU cores can wait for, so a pool of scenes is generated on
 files, each scene with its teachers for a few apertures K (one weak, one strong); every training
 sample then takes a pool scene and one of its apertures, with a random crop and flip.
 The network's inputs are built the way the pipeline builds a tile's: ``x`` the degraded image in
-[-1, 1], ``defocus = |depth - focus| * K / 32``, ``in_focus = defocus <= 0.1``.
+[-1, 1], the defocus map and in-focus mask from :mod:`runtime_py.contract` (``D = |depth - focus|
+* K / 32``, ``in_focus = D <= threshold``, the model configuration's threshold). One difference
+from inference, kept on purpose: the depth is the scene's exact float depth, not its 8-bit
+truncation (the teacher is rendered from the exact depth too).
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_path
-from ..bokeh_renderer import defocus_map, render_bokeh
-from ..scenes import generate_scene
-
-IN_FOCUS_THRESHOLD = 0.1
+from runtime_py.atomic import atomic_path
+from runtime_py.bokeh_renderer import render_bokeh
+from runtime_py.contract import IN_FOCUS_THRESHOLD, defocus_inputs
+from runtime_py.scenes import generate_scene
 
 
 class TrainingDataError(ValueError):
@@ -131,12 +133,17 @@ def load_scene_pool(paths: Path | str | list[Path | str]) -> dict[str, np.ndarra
     return {k: np.concatenate([p[k] for p in parts]) for k in POOL_KEYS}
 
 
-def tile_inputs(degraded: np.ndarray, depth: np.ndarray, focus: float, aperture_k: float) -> dict[str, torch.Tensor]:
+def tile_inputs(
+    degraded: np.ndarray,
+    depth: np.ndarray,
+    focus: float,
+    aperture_k: float,
+    in_focus_threshold: float = IN_FOCUS_THRESHOLD,
+) -> dict[str, torch.Tensor]:
     """The model's tile inputs for (H, W, 3) [0, 1] image + depth: x, defocus, in_focus (batch 1)."""
-    d = defocus_map(depth, focus, aperture_k)
+    defocus, in_focus = defocus_inputs(torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None, None],
+                                       focus, aperture_k, in_focus_threshold)
     x = torch.from_numpy(np.ascontiguousarray(degraded, np.float32)).permute(2, 0, 1)[None] * 2.0 - 1.0
-    defocus = torch.from_numpy(d)[None, None]
-    in_focus = (defocus <= IN_FOCUS_THRESHOLD).to(torch.float32)
     return {"x": x, "defocus": defocus, "in_focus": in_focus}
 
 
@@ -146,10 +153,11 @@ class SceneTileDataset(Dataset):
     Sample ``i`` is fully determined by ``(seed, i)``: scene ``i % len(pool)``, crop position,
     flips and K come from a generator seeded with both, so runs are reproducible whatever the
     worker count. ``length`` sets how many samples one pass holds (scenes are reused with new
-    crops and apertures).
+    crops and apertures). ``in_focus_threshold`` is the model configuration's.
     """
 
-    def __init__(self, pool: dict[str, np.ndarray], crop: int, length: int, seed: int = 0):
+    def __init__(self, pool: dict[str, np.ndarray], crop: int, length: int, seed: int = 0,
+                 in_focus_threshold: float = IN_FOCUS_THRESHOLD):
         size = pool["clean"].shape[1]
         if crop > size or crop % 64:
             raise TrainingDataError(f"crop must be a multiple of 64 and <= the pool's {size} px, got {crop}")
@@ -157,6 +165,7 @@ class SceneTileDataset(Dataset):
         self.crop = crop
         self.length = length
         self.seed = seed
+        self.in_focus_threshold = in_focus_threshold
 
     def __len__(self) -> int:
         return self.length
@@ -182,7 +191,7 @@ class SceneTileDataset(Dataset):
         if rng.random() < 0.5:
             arrays = [arr[:, ::-1] for arr in arrays]
         clean_c, degraded_c, depth_c, teacher_c = arrays
-        inputs = tile_inputs(degraded_c, np.ascontiguousarray(depth_c), focus, k)
+        inputs = tile_inputs(degraded_c, np.ascontiguousarray(depth_c), focus, k, self.in_focus_threshold)
         as_tensor = lambda arr: torch.from_numpy(np.ascontiguousarray(arr, np.float32)).permute(2, 0, 1) * 2.0 - 1.0  # noqa: E731
         return {
             "x": inputs["x"][0],
