@@ -401,7 +401,7 @@ def write_synthetic_checkpoint(
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
             raise ValueError(f"{name} must be a positive integer, got {rank!r}")
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, torch.no_grad():
         sd_dir = tmp / FOLDER_NAME
         sd_dir.mkdir(parents=True)
         unet_fields, counts = _write_unet(sd_dir, config, seed, unet_rank, init, processor_keys_in_unet_dict)
