@@ -26,6 +26,8 @@ import onnx
 
 from .recipes import QuantRecipe, get_recipe
 
+#: How activation ranges are calibrated (see quantize_qdq).
+CALIBRATIONS = ("onnxruntime", "streaming")
 #: Operators the backwards walk from the denoiser's output passes through to reach ``eps``.
 _X0_STEP_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
 
@@ -166,15 +168,21 @@ def quantize_qdq(
     recipe: QuantRecipe | str = "w8a16",
     overrides: Mapping[str, list[dict[str, Any]]] | None = None,
     external_data: bool = False,
+    calibration: str = "onnxruntime",
 ) -> QnnQuantResult:
     """Quantize an fp32 ONNX model (already rewritten for the HTP) into a QDQ model.
 
     ``samples`` are input tuples in the component's input order, from real tiles; at least one is
     required (min/max over random tensors gave 16.6 dB on a UNet, so the caller should pass many).
+    ``calibration``: ``"onnxruntime"`` (its own MinMax calibrator) or ``"streaming"``
+    (:mod:`quantize.streaming_calibration`: the same ranges, calibrated in its own phase with one
+    session and running min/max, so that full-size models fit in memory).
     """
     from onnxruntime.quantization import CalibrationMethod, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
+    if calibration not in CALIBRATIONS:
+        raise QuantizationError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.needs_calibration:
         raise QuantizationError(f"recipe {recipe.name!r} has float activations; the HTP path needs a W8A8 or W8A16 recipe")
@@ -203,7 +211,15 @@ def quantize_qdq(
             init_overrides={k: [dict(e) for e in v] for k, v in merged.items()} or None,
         )
         config.use_external_data_format = external_data
-        quantize(str(model_path), str(out_path), config)
+        if calibration == "streaming":
+            from .streaming_calibration import quantize_static_streaming
+
+            ranges = quantize_static_streaming(model_path, out_path, config, reader)
+            extra = {"calibration": calibration, "calibrated_tensors": len(ranges.ranges),
+                     "calibration_seconds": ranges.seconds}
+        else:
+            quantize(str(model_path), str(out_path), config)
+            extra = {"calibration": calibration}
     except QuantizationError:
         raise
     except Exception as exc:
@@ -220,4 +236,5 @@ def quantize_qdq(
         calibration_samples=len(reader),
         overrides={k: [{kk: (vv.name if hasattr(vv, "name") else vv) for kk, vv in e.items()} for e in v] for k, v in merged.items()},
         seconds=time.perf_counter() - start,
+        extra=extra,
     )

@@ -1,0 +1,176 @@
+"""Streaming min/max calibration against onnxruntime's own MinMax calibration.
+
+min and max are exact, order-independent operations on the same float32 activations (the same
+graph run with optimisations off in both), so the ranges must agree EXACTLY (tolerance 0) and the
+two QDQ models must be identical in structure and output.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantize.qnn import QuantizationError, quantize_qdq
+from quantize.streaming_calibration import (
+    StreamingCalibrationError,
+    default_op_types,
+    stream_minmax_ranges,
+)
+
+
+def conv_attention_graph(path: Path, *, channels: int = 8, layers: int = 2, size: int = 8, seed: int = 0,
+                         external: bool = False) -> Path:
+    """A small UNet-like ONNX graph: conv/GroupNorm-free residual convs, a token self-attention
+    (MatMul, Softmax), Sigmoid gating and a second input; float32, opset 17."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def weight(name, shape, scale=None):
+        scale = scale if scale is not None else 1.0 / np.sqrt(np.prod(shape[1:]))
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    h = "x"
+    nodes.append(helper.make_node("Conv", [h, weight("w_in", (channels, 4, 3, 3)), weight("b_in", (channels,), 0.1)],
+                                  ["h0"], pads=[1, 1, 1, 1]))
+    h = "h0"
+    for i in range(layers):
+        nodes += [
+            helper.make_node("Conv", [h, weight(f"w{i}a", (channels, channels, 3, 3)), weight(f"b{i}a", (channels,), 0.1)],
+                             [f"c{i}a"], pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", [f"c{i}a"], [f"s{i}"]),
+            helper.make_node("Mul", [f"c{i}a", f"s{i}"], [f"a{i}"]),
+            helper.make_node("Conv", [f"a{i}", weight(f"w{i}b", (channels, channels, 3, 3)), weight(f"b{i}b", (channels,), 0.1)],
+                             [f"c{i}b"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", [h, f"c{i}b"], [f"r{i}"]),
+        ]
+        h = f"r{i}"
+    inits.append(numpy_helper.from_array(np.array([1, channels, size * size], dtype=np.int64), "tok_shape"))
+    inits.append(numpy_helper.from_array(np.array([1, channels, size, size], dtype=np.int64), "img_shape"))
+    nodes += [
+        helper.make_node("Reshape", [h, "tok_shape"], ["tok"]),
+        helper.make_node("Transpose", ["tok"], ["tokT"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tokT", weight("wq", (channels, channels))], ["q"]),
+        helper.make_node("MatMul", ["tokT", weight("wk", (channels, channels))], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kT"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kT"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "tokT"], ["mixed"]),
+        helper.make_node("Transpose", ["mixed"], ["mixedT"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["mixedT", "img_shape"], ["mixed_img"]),
+        helper.make_node("Mul", ["mixed_img", "gate"], ["gated"]),
+        helper.make_node("Conv", ["gated", weight("w_out", (4, channels, 3, 3)), weight("b_out", (4,), 0.1)], ["y"],
+                         pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, size, size]),
+         helper.make_tensor_value_info("gate", TensorProto.FLOAT, [1, 1, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, size, size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    return path
+
+
+def samples(count: int, size: int = 8, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((1, 4, size, size)).astype(np.float32) * (1 + i),
+             (rng.random((1, 1, size, size)) > 0.5).astype(np.float32)) for i in range(count)]
+
+
+def onnxruntime_minmax(model_path: Path, feeds: list[dict], tmp: Path) -> dict[str, tuple[float, float]]:
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(model_path, default_op_types(), augmented_model_path=str(tmp / "aug.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(iter_reader(feeds))
+    data = calibrator.compute_data()
+    return {k: (float(np.asarray(v.range_value[0]).reshape(-1)[0]), float(np.asarray(v.range_value[1]).reshape(-1)[0]))
+            for k, v in data.items()}
+
+
+class iter_reader:  # noqa: N801 - a CalibrationDataReader over feed dicts
+    def __init__(self, feeds):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["embedded", "external-data"])
+def test_ranges_equal_onnxruntime_minmax_exactly(tmp_path: Path, external: bool) -> None:
+    model = conv_attention_graph(tmp_path / "m.onnx", external=external)
+    feeds = [{"x": x, "gate": g} for x, g in samples(5)]
+    ours = stream_minmax_ranges(model, feeds)
+    theirs = onnxruntime_minmax(model, feeds, tmp_path)
+    assert ours.samples == 5
+    assert set(ours.ranges) == set(theirs) and len(theirs) > 20
+    assert ours.ranges == theirs  # exact: see the module docstring
+    assert not list(tmp_path.glob(".*calibration*"))  # the temporary augmented graph is gone
+
+
+def test_qdq_model_is_the_same_as_with_onnxruntime_calibration(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = conv_attention_graph(tmp_path / "m.onnx")
+    calib = samples(4)
+    ours = quantize_qdq(model, tmp_path / "ours.onnx", calib, component="encoder", calibration="streaming")
+    theirs = quantize_qdq(model, tmp_path / "theirs.onnx", calib, component="encoder")
+    assert ours.extra["calibration"] == "streaming" and ours.extra["calibrated_tensors"] > 20
+    a, b = onnx.load(str(ours.path)), onnx.load(str(theirs.path))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    assert {i.name: numpy_helper.to_array(i).tobytes() for i in a.graph.initializer} == \
+           {i.name: numpy_helper.to_array(i).tobytes() for i in b.graph.initializer}
+    x, g = samples(1, seed=9)[0]
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x, "gate": g})[0]
+    np.testing.assert_array_equal(run(ours.path), run(theirs.path))
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    model = conv_attention_graph(tmp_path / "m.onnx")
+    with pytest.raises(StreamingCalibrationError, match="no calibration samples"):
+        stream_minmax_ranges(model, [])
+    with pytest.raises(QuantizationError, match="calibration must be one of"):
+        quantize_qdq(model, tmp_path / "q.onnx", samples(1), component="encoder", calibration="histogram")
+
+
+_MEASURE = """
+import resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.quantize.test_streaming_calibration import samples
+from quantize.qnn import quantize_qdq
+t = time.perf_counter()
+quantize_qdq(Path({model!r}), Path({out!r}), samples({count}, size={size}), component="encoder", calibration={mode!r})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)
+"""
+
+
+def measure_peak_rss(model: Path, out: Path, mode: str, count: int, size: int) -> tuple[float, float]:
+    """Peak RSS (MB) and seconds of quantize_qdq in a fresh process."""
+    code = _MEASURE.format(root=str(Path(__file__).resolve().parents[2]), model=str(model), out=str(out), count=count,
+                           size=size, mode=mode)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kb, seconds = done.stdout.split()[-2:]
+    return int(kb) / 1024, float(seconds)
+
+
+@pytest.mark.slow
+def test_streaming_calibration_peak_memory_below_onnxruntime(tmp_path: Path) -> None:
+    """A moderately sized graph (256 channels, 12 residual layers: 57 MB of weights, 32x32 tiles)."""
+    model = conv_attention_graph(tmp_path / "big.onnx", channels=256, layers=12, size=32, external=True)
+    results = {mode: measure_peak_rss(model, tmp_path / f"{mode}.onnx", mode, 8, 32) for mode in ("onnxruntime", "streaming")}
+    print(json.dumps(results))
+    assert results["streaming"][0] < results["onnxruntime"][0]
