@@ -8,7 +8,6 @@ two QDQ models must be identical in structure and output.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -146,31 +145,39 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         quantize_qdq(model, tmp_path / "q.onnx", samples(1), component="encoder", calibration="histogram")
 
 
-_MEASURE = """
-import resource, sys, time
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from tests.quantize.test_streaming_calibration import samples
-from quantize.qnn import quantize_qdq
-t = time.perf_counter()
-quantize_qdq(Path({model!r}), Path({out!r}), samples({count}, size={size}), component="encoder", calibration={mode!r})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)
-"""
+_PEAK = "; print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:')))"
+_CALIBRATE = {
+    "onnxruntime": "onnxruntime_minmax(model, feeds, Path(tempfile.mkdtemp()))",
+    "streaming": "stream_minmax_ranges(model, feeds)",
+}
 
 
-def measure_peak_rss(model: Path, out: Path, mode: str, count: int, size: int) -> tuple[float, float]:
-    """Peak RSS (MB) and seconds of quantize_qdq in a fresh process."""
-    code = _MEASURE.format(root=str(Path(__file__).resolve().parents[2]), model=str(model), out=str(out), count=count,
-                           size=size, mode=mode)
+def measure_calibration_peak_mb(model: Path, mode: str, count: int, size: int) -> float:
+    """Peak RSS (MB, VmHWM: the process's own; ru_maxrss would carry the parent's over the exec) of
+    one calibration in a fresh process."""
+    code = (
+        f"import sys, tempfile; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+        "from tests.quantize.test_streaming_calibration import samples, onnxruntime_minmax; "
+        "from quantize.streaming_calibration import stream_minmax_ranges; "
+        f"model = Path({str(model)!r}); feeds = [{{'x': x, 'gate': g}} for x, g in samples({count}, size={size})]; "
+        + _CALIBRATE[mode] + _PEAK
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    kb, seconds = done.stdout.split()[-2:]
-    return int(kb) / 1024, float(seconds)
+    return int(done.stdout.split()[-1]) / 1024
 
 
 @pytest.mark.slow
 def test_streaming_calibration_peak_memory_below_onnxruntime(tmp_path: Path) -> None:
-    """A moderately sized graph (256 channels, 12 residual layers: 57 MB of weights, 32x32 tiles)."""
-    model = conv_attention_graph(tmp_path / "big.onnx", channels=256, layers=12, size=32, external=True)
-    results = {mode: measure_peak_rss(model, tmp_path / f"{mode}.onnx", mode, 8, 32) for mode in ("onnxruntime", "streaming")}
-    print(json.dumps(results))
-    assert results["streaming"][0] < results["onnxruntime"][0]
+    """A moderately sized graph (1024 channels, 8 residual layers: 613 MB of weights, 8x8 tiles).
+
+    Measured on this machine: onnxruntime's calibrator 3263 MB, streaming 710 MB (the model plus
+    ~90 MB of imports), ratio 0.22. (Whole quantize_qdq: 4044 vs 3810 MB: after calibration,
+    quantize_static's own QDQ pass peaks at ~6x the weights either way.)
+    """
+    model = conv_attention_graph(tmp_path / "big.onnx", channels=1024, layers=8, size=8, external=True)
+    weights_mb = sum(p.stat().st_size for p in tmp_path.glob("big.onnx*")) / 2**20
+    peaks = {mode: measure_calibration_peak_mb(model, mode, 4, 8) for mode in _CALIBRATE}
+    print(json.dumps({"weights_mb": weights_mb, **peaks, "ratio": peaks["streaming"] / peaks["onnxruntime"]}))
+    # One session's copy of the weights plus imports and one sample, against several copies.
+    assert peaks["streaming"] < 1.5 * weights_mb + 200
+    assert peaks["streaming"] < 0.5 * peaks["onnxruntime"]
