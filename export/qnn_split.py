@@ -8,7 +8,9 @@ run of the graph's (topologically ordered) nodes; the cut is at tensor boundarie
 * a part's inputs are the tensors its nodes read that an earlier part (or the graph) produced;
 * its outputs are the tensors it produces that a later part reads, or that are graph outputs;
 * every initializer a part's nodes read is copied into that part (a weight read on both sides of
-  a cut counts against both parts' budgets).
+  a cut counts against both parts' budgets), and so is every weight-like node it reads (one that
+  computes from weights and constants only: ``Constant``, the ``Identity`` the exporter puts on a
+  shared weight), which would otherwise cross every cut.
 
 Parts are chosen greedily in graph order: a part grows until the next node's new weights would
 pass ``max_part_bytes``; the cut is then placed, within the last quarter of the part, where the
@@ -58,6 +60,8 @@ class GraphPart:
     outputs: list[str]
     initializers: list[str]
     initializer_bytes: int
+    weight_nodes: list[int] = field(default_factory=list)  # weight-like nodes copied in front (source indices)
+    body: list[int] = field(default_factory=list)  # the other nodes of [start, stop)
     file: str = ""
 
     def to_dict(self, shapes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +150,41 @@ def plan_split(model: onnx.ModelProto, max_part_bytes: int) -> GraphSplit:
         return names
 
     node_reads = [reads(n) for n in nodes]
-    produced_at = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    # Weight-like nodes compute only from weights and constants (Constant, an Identity of a shared
+    # weight, a Reshape of one, ...): they are copied, with their weights, into every part that
+    # reads them instead of crossing cuts as part inputs. roots[name]: (their nodes, their weights).
+    roots: dict[str, tuple[frozenset[int], frozenset[str]]] = {}
+    for i, node in enumerate(nodes):
+        ins = node_reads[i]
+        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if has_subgraph or not all(n in inits or n in roots for n in ins) or (not ins and node.op_type != "Constant"):
+            continue
+        dep_nodes, dep_inits = {i}, set()
+        for name in ins:
+            if name in inits:
+                dep_inits.add(name)
+            else:
+                dep_nodes |= roots[name][0]
+                dep_inits |= roots[name][1]
+        for out in node.output:
+            if out:
+                roots[out] = (frozenset(dep_nodes), frozenset(dep_inits))
+    weight_like = {i for i, n in enumerate(nodes) if n.output and all(o in roots for o in n.output if o)}
+
+    def weights_read(i: int) -> set[str]:
+        """The initializers node i needs, through the weight-like nodes it reads."""
+        if i in weight_like:
+            return set()  # counted where its output is read
+        out = set()
+        for name in node_reads[i]:
+            if name in inits:
+                out.add(name)
+            elif name in roots:
+                out |= roots[name][1]
+        return out
+
+    node_weights = [weights_read(i) for i in range(len(nodes))]
+    produced_at = {out: i for i, n in enumerate(nodes) for out in n.output if out and out not in roots}
     last_read = {name: len(nodes) for name in graph_outputs}  # graph outputs live to the end
     for i, names in enumerate(node_reads):
         for name in names:
@@ -164,14 +202,14 @@ def plan_split(model: onnx.ModelProto, max_part_bytes: int) -> GraphSplit:
         crossing.append(running_total)
 
     def part_weights(start: int, stop: int) -> tuple[list[str], int]:
-        used = list(dict.fromkeys(n for i in range(start, stop) for n in node_reads[i] if n in inits))
+        used = list(dict.fromkeys(n for i in range(start, stop) for n in sorted(node_weights[i])))
         return used, sum(inits[n] for n in used)
 
     cuts = [0]
     start, weights, used = 0, 0, set()
     weights_before = [0]  # weights_before[k]: weights of nodes[start:start + k]
     for i in range(len(nodes)):
-        new = {n for n in node_reads[i] if n in inits} - used
+        new = node_weights[i] - used
         extra = sum(inits[n] for n in new)
         if extra > max_part_bytes:
             raise SplitError(f"node {nodes[i].name or i} ({nodes[i].op_type}) alone reads {extra} bytes of weights, "
@@ -185,7 +223,7 @@ def plan_split(model: onnx.ModelProto, max_part_bytes: int) -> GraphSplit:
             names, weights = part_weights(start, i)
             used = set(names)
             weights_before = [part_weights(start, j)[1] for j in range(start, i + 1)]
-            new = {n for n in node_reads[i] if n in inits} - used
+            new = node_weights[i] - used
             extra = sum(inits[n] for n in new)
         used |= new
         weights += extra
@@ -194,17 +232,19 @@ def plan_split(model: onnx.ModelProto, max_part_bytes: int) -> GraphSplit:
 
     parts = []
     for index, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
-        produced_here = {out for i in range(a, b) for out in nodes[i].output if out}
-        read_here = list(dict.fromkeys(n for i in range(a, b) for n in node_reads[i]))
-        inputs = [n for n in read_here if n not in produced_here and n not in inits]
+        body = [i for i in range(a, b) if i not in weight_like]
+        produced_here = {out for i in body for out in nodes[i].output if out}
+        read_here = list(dict.fromkeys(n for i in body for n in node_reads[i]))
+        copied = sorted(set().union(*[roots[n][0] for n in read_here if n in roots]))
+        inputs = [n for n in read_here if n not in produced_here and n not in inits and n not in roots]
         later_reads = {n for i in range(b, len(nodes)) for n in node_reads[i]}
-        outputs = [out for i in range(a, b) for out in nodes[i].output
+        outputs = [out for i in body for out in nodes[i].output
                    if out and (out in later_reads or out in graph_outputs)]
         names, weight_bytes = part_weights(a, b)
         unknown = [n for n in inputs + outputs if n not in shapes]
         if unknown:
             raise SplitError(f"part {index} crosses tensors without an inferred static shape: {unknown[:5]}")
-        parts.append(GraphPart(index, a, b, inputs, outputs, names, weight_bytes))
+        parts.append(GraphPart(index, a, b, inputs, outputs, names, weight_bytes, copied, body))
     return GraphSplit(parts, graph_inputs, graph_outputs, max_part_bytes, shapes)
 
 
@@ -217,7 +257,7 @@ def _part_model(model: onnx.ModelProto, split: GraphSplit, part: GraphPart) -> o
         return helper.make_tensor_value_info(name, info[name]["elem_type"], info[name]["shape"])
 
     part_graph = helper.make_graph(
-        list(graph.node[part.start:part.stop]),
+        [graph.node[i] for i in part.weight_nodes + part.body],
         f"{graph.name or 'graph'}_part{part.index}",
         [value(n) for n in part.inputs],
         [value(n) for n in part.outputs],

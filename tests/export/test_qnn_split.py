@@ -18,9 +18,9 @@ from runtime_py.model.config import CONFIGS
 
 MICRO = CONFIGS["tiny"].replace(name="micro", tile=64, stride=32, layers_per_block=1)
 PARTS = 4  # budget = total weights / PARTS: cuts inside the down path, the up path and between
-# With graph optimisations on, onnxruntime may fuse across what is a cut in the parts (Conv+Add,
-# attention patterns), reordering float32 sums: differences of a few float32 ulps of the
-# activations (~1e-6 relative); 1e-4 absolute on outputs of magnitude ~1 leaves a wide margin.
+# With graph optimisations on, onnxruntime fuses across what is a cut in the parts (Conv+Add,
+# attention patterns), reordering float32 sums: measured 1.2e-5 max-abs on x0 of magnitude up to
+# ~30 (the x0 step amplifies eps ~15x), i.e. float32 rounding; 1e-4 leaves an 8x margin.
 OPTIMIZED_ATOL = 1e-4
 
 
@@ -57,6 +57,7 @@ def test_parts_compose_to_the_whole_exactly_and_stay_under_budget(denoiser_onnx,
         weights = sum(tensor_bytes(i) for i in part_model.graph.initializer)
         assert weights == part.initializer_bytes <= budget
         assert [i.name for i in part_model.graph.input] == part.inputs
+        assert len(part.inputs) <= 24  # weight-like nodes are copied, not passed: only activations cross
         assert set(part.inputs) <= produced  # the chain: every input exists before the part runs
         produced |= set(part.outputs)
     assert sum(p.stop - p.start for p in split.parts) == len(model.graph.node)  # every node exactly once
