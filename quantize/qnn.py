@@ -169,6 +169,7 @@ def quantize_qdq(
     overrides: Mapping[str, list[dict[str, Any]]] | None = None,
     external_data: bool = False,
     calibration: str = "onnxruntime",
+    ranges: Any = None,
 ) -> QnnQuantResult:
     """Quantize an fp32 ONNX model (already rewritten for the HTP) into a QDQ model.
 
@@ -176,7 +177,9 @@ def quantize_qdq(
     required (min/max over random tensors gave 16.6 dB on a UNet, so the caller should pass many).
     ``calibration``: ``"onnxruntime"`` (its own MinMax calibrator) or ``"streaming"``
     (:mod:`quantize.streaming_calibration`: the same ranges, calibrated in its own phase with one
-    session and running min/max, so that full-size models fit in memory).
+    session and running min/max, so that full-size models fit in memory). ``ranges``: a
+    ``StreamingRanges`` computed earlier (e.g. on the whole graph, to quantize one part of a split
+    graph); needs ``calibration="streaming"`` and replaces ``samples``.
     """
     from onnxruntime.quantization import CalibrationMethod, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -186,7 +189,9 @@ def quantize_qdq(
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.needs_calibration:
         raise QuantizationError(f"recipe {recipe.name!r} has float activations; the HTP path needs a W8A8 or W8A16 recipe")
-    if len(samples) == 0:
+    if ranges is not None and calibration != "streaming":
+        raise QuantizationError("precomputed ranges need calibration='streaming'")
+    if len(samples) == 0 and ranges is None:
         raise QuantizationError(f"component {component!r}: no calibration samples given")
     activation_type, weight_type = quant_types(recipe)
     model = onnx.load(str(model_path), load_external_data=False)
@@ -214,9 +219,9 @@ def quantize_qdq(
         if calibration == "streaming":
             from .streaming_calibration import quantize_static_streaming
 
-            ranges = quantize_static_streaming(model_path, out_path, config, reader)
-            extra = {"calibration": calibration, "calibrated_tensors": len(ranges.ranges),
-                     "calibration_seconds": ranges.seconds}
+            used = quantize_static_streaming(model_path, out_path, config, reader, ranges)
+            extra = {"calibration": calibration, "calibrated_tensors": len(used.ranges),
+                     "calibration_seconds": 0.0 if ranges is not None else used.seconds}
         else:
             quantize(str(model_path), str(out_path), config)
             extra = {"calibration": calibration}
@@ -233,7 +238,7 @@ def quantize_qdq(
         activation_type=activation_type.name,
         weight_type=weight_type.name,
         per_channel=recipe.per_channel,
-        calibration_samples=len(reader),
+        calibration_samples=ranges.samples if ranges is not None else len(reader),
         overrides={k: [{kk: (vv.name if hasattr(vv, "name") else vv) for kk, vv in e.items()} for e in v] for k, v in merged.items()},
         seconds=time.perf_counter() - start,
         extra=extra,

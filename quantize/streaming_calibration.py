@@ -239,9 +239,15 @@ def stream_minmax_ranges(
     return StreamingRanges(ranges, count, time.perf_counter() - start)
 
 
-def quantize_static_streaming(model_path: Path | str, out_path: Path | str, config: Any, samples: Any) -> StreamingRanges:
+def quantize_static_streaming(model_path: Path | str, out_path: Path | str, config: Any, samples: Any,
+                              ranges: StreamingRanges | None = None) -> StreamingRanges:
     """``onnxruntime.quantization.quantize(model_path, out_path, config)`` for a ``StaticQuantConfig``
-    (MinMax), with the ranges streamed here instead of by onnxruntime's calibrator."""
+    (MinMax), with the ranges streamed here instead of by onnxruntime's calibrator.
+
+    ``ranges``: use these instead of calibrating (``samples`` is then not read). A part of a split
+    graph (:mod:`export.qnn_split`) keeps the whole graph's tensor names, so the whole graph's
+    ranges quantize each part as the whole would be quantized, with one part in memory at a time.
+    """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
     if config.calibrate_method != CalibrationMethod.MinMax:
@@ -250,8 +256,9 @@ def quantize_static_streaming(model_path: Path | str, out_path: Path | str, conf
     unsupported = [k for k in _UNSUPPORTED_OPTIONS if options.get(k)]
     if unsupported:
         raise StreamingCalibrationError(f"streaming MinMax calibration cannot honour {unsupported}")
-    ranges = stream_minmax_ranges(model_path, samples, op_types=config.op_types_to_quantize or None,
-                                  providers=config.calibration_providers)
+    if ranges is None:
+        ranges = stream_minmax_ranges(model_path, samples, op_types=config.op_types_to_quantize or None,
+                                      providers=config.calibration_providers)
     with tempfile.TemporaryDirectory(prefix="streaming-calibration.") as tmp:
         cache = ranges.save_cache(Path(tmp) / "ranges.json")
         options.pop("CalibStridedMinMax", None)  # only read while calibrating, which the cache skips

@@ -137,6 +137,38 @@ def test_qdq_model_is_the_same_as_with_onnxruntime_calibration(tmp_path: Path) -
     np.testing.assert_array_equal(run(ours.path), run(theirs.path))
 
 
+def test_split_parts_quantized_with_whole_graph_ranges_chain_to_the_whole_qdq_model(tmp_path: Path) -> None:
+    """The full-size recipe: calibrate the whole graph once, quantize each part with its ranges.
+
+    At a cut the whole QDQ model computes DQ(Q(t)); the parts compute DQ(Q(t)) as part k's output
+    and Q(DQ(Q(t))) = Q(t) (same scale and zero point) as part k+1's input, so the chain must
+    reproduce the whole QDQ model exactly (optimisations off in both, as in the splitter's test).
+    """
+    import onnxruntime as ort
+
+    from export.qnn_split import run_parts, split_model, tensor_bytes
+
+    model = conv_attention_graph(tmp_path / "m.onnx", layers=3)
+    calib = samples(4)
+    ranges = stream_minmax_ranges(model, [{"x": x, "gate": g} for x, g in calib])
+    whole = quantize_qdq(model, tmp_path / "whole.qdq.onnx", calib, component="encoder", calibration="streaming",
+                         ranges=ranges)
+    total = sum(tensor_bytes(i) for i in onnx.load(str(model)).graph.initializer)
+    split = split_model(model, tmp_path / "parts", total // 2)
+    assert len(split.parts) >= 2
+    for part in split.parts:
+        path = tmp_path / "parts" / part.file
+        result = quantize_qdq(path, path, [], component="encoder", calibration="streaming", ranges=ranges)
+        assert result.calibration_samples == 4
+    x, g = samples(1, seed=9)[0]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(str(whole.path), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "gate": g})[0]
+    chained = run_parts(split, tmp_path / "parts", {"x": x, "gate": g}, optimize=False)["y"]
+    np.testing.assert_array_equal(chained, expected)
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     model = conv_attention_graph(tmp_path / "m.onnx")
     with pytest.raises(StreamingCalibrationError, match="no calibration samples"):
