@@ -222,7 +222,12 @@ def plan_split(model: onnx.ModelProto, max_part_bytes: int) -> GraphSplit:
             start = cut
             names, weights = part_weights(start, i)
             used = set(names)
-            weights_before = [part_weights(start, j)[1] for j in range(start, i + 1)]
+            weights_before, seen, running = [0], set(), 0
+            for j in range(start, i):
+                fresh = node_weights[j] - seen
+                seen |= fresh
+                running += sum(inits[n] for n in fresh)
+                weights_before.append(running)
             new = node_weights[i] - used
             extra = sum(inits[n] for n in new)
         used |= new
@@ -297,13 +302,13 @@ def split_model(
             # Initializers are shared protos of `model`: load this part's external weights into a copy.
             part_model = onnx.ModelProto.FromString(part_model.SerializeToString())
             external_data_helper.load_external_data_for_model(part_model, str(model_path.parent))
-            onnx.checker.check_model(part_model)
             if external_data:
                 onnx.save(part_model, str(tmp / part.file), save_as_external_data=True, all_tensors_to_one_file=True,
                           location=part.file + ".data", size_threshold=1024)
             else:
                 onnx.save(part_model, str(tmp / part.file))
             del part_model
+            onnx.checker.check_model(str(tmp / part.file))  # by path: also for parts over 2 GB
     return split
 
 

@@ -244,8 +244,8 @@ def _write_unet(sd_dir: Path, config: MagicBokehConfig, seed: int, rank: int, in
         state[f"{conv_in_prefix}.bias"] = torch.randn(conv.bias.shape, generator=generator) * init.conv_in_std
     else:
         state[f"{conv_in_prefix}.weight"] = _kaiming_uniform(tuple(conv.weight.shape), generator)
-        state[f"{conv_in_prefix}.bias"] = _kaiming_uniform((conv.bias.shape[0], math.prod(conv.weight.shape[1:])),
-                                                           generator)[:, 0]
+        bound = 1.0 / math.sqrt(math.prod(conv.weight.shape[1:]))  # PyTorch's default bias init
+        state[f"{conv_in_prefix}.bias"] = (torch.rand(conv.bias.shape, generator=generator) * 2 - 1) * bound
     state.update(_adapter_tensors(unet, encoder, "default_encoder", rank, init, generator))
     state.update(_adapter_tensors(unet, decoder, "default_decoder", rank, init, generator))
     focus = _focus_tensors(unet, config.focus_rank, init, _generator(seed, "focus"))

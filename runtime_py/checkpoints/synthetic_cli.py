@@ -58,12 +58,12 @@ def run_make_checkpoint(args: argparse.Namespace) -> int:
     written = write_synthetic_checkpoint(args.out, args.config, args.seed, unet_rank=args.unet_rank,
                                          vae_rank=args.vae_rank)
     counts = written.parameters
-    model_params = counts["unet_model"] + counts["vae"] + counts["injector"]
+    model_params = counts["unet_model"] + counts["focus_lora"] + counts["vae"] + counts["injector"]
     total_bytes = sum(written.file_bytes.values())
     print(f"wrote   {written.sd_dir} (unet/, vae/, scheduler/) and {written.lora_pkl}: {total_bytes / 1e9:.3f} GB")
     print(f"params  UNet {counts['unet_model'] / 1e6:.1f}M as MagicBokeh uses it ({counts['unet_folder'] / 1e6:.1f}M "
           f"in the folder, with mid block and cross-attention), injector {counts['injector'] / 1e6:.1f}M, "
-          f"VAE {counts['vae'] / 1e6:.1f}M: {model_params / 1e6:.1f}M in the merged model")
+          f"VAE {counts['vae'] / 1e6:.1f}M, focus LoRA: {model_params / 1e6:.1f}M in the merged model")
     print(f"LoRAs   UNet {counts['unet_lora'] / 1e6:.3f}M (rank {args.unet_rank}), VAE {counts['vae_lora'] / 1e6:.3f}M "
           f"(rank {args.vae_rank}), focus {counts['focus_lora'] / 1e6:.3f}M (rank {written.config.focus_rank})")
     if written.latent_std:
