@@ -146,12 +146,13 @@ def test_cli_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_sd21_checkpoint_fits_memory_and_loads_as_sd21(tmp_path: Path) -> None:
-    """The full-size write (a few minutes, ~5 GB on disk) stays far under 20 GB and loads as sd21."""
+    """The full-size write (10 minutes on a busy 2-core host, 4.8 GB on disk, measured peak 4.0 GB)
+    stays far under 20 GB and loads as sd21 (the loader needs ~13 GB more)."""
     out = tmp_path / "sd21-ckpt"
     subprocess.run([sys.executable, "-m", "runtime_py", "make-checkpoint", "--config", "sd21", "--out", str(out)],
                    check=True)
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
-    assert peak_gb < 12, peak_gb
+    assert peak_gb < 8, peak_gb  # 2x the measured peak; the UNet alone is 3.5 GB
     size_gb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e9
     assert 4 < size_gb < 6, size_gb
     model, report = load_official_with_report(out / "sd21", out / "lora.pkl", "sd21")
