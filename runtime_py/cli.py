@@ -25,6 +25,7 @@ from .third_party_logs import show_hidden_messages
 SUBCOMMANDS: list[str] = [
     "runtime_py.render_cli:add_render_parser",
     "runtime_py.checkpoints.cli:add_convert_parser",
+    "runtime_py.checkpoints.synthetic_cli:add_make_checkpoint_parser",
     "runtime_py.parity_cli:add_parity_parser",
     "runtime_py.golden:add_golden_parser",
 ]
