@@ -240,6 +240,39 @@ public final class Json {
 
     // -- writing --------------------------------------------------------------------------------
 
+    /** One line, keys sorted, ", " and ": " separators: Python's {@code json.dumps(value, sort_keys=True)} for ASCII data. */
+    public static String writeCompact(Object value) {
+        StringBuilder out = new StringBuilder();
+        compact(value, out);
+        return out.toString();
+    }
+
+    private static void compact(Object value, StringBuilder out) {
+        if (value instanceof Map) {
+            java.util.TreeMap<String, Object> sorted = new java.util.TreeMap<>();
+            for (Map.Entry<?, ?> e : ((Map<?, ?>) value).entrySet()) sorted.put(String.valueOf(e.getKey()), e.getValue());
+            out.append('{');
+            int i = 0;
+            for (Map.Entry<String, Object> e : sorted.entrySet()) {
+                if (i++ > 0) out.append(", ");
+                quote(e.getKey(), out);
+                out.append(": ");
+                compact(e.getValue(), out);
+            }
+            out.append('}');
+        } else if (value instanceof List) {
+            out.append('[');
+            List<?> list = (List<?>) value;
+            for (int i = 0; i < list.size(); i++) {
+                if (i > 0) out.append(", ");
+                compact(list.get(i), out);
+            }
+            out.append(']');
+        } else {
+            write(value, out, 0);
+        }
+    }
+
     /** Serialise maps, lists, strings, numbers, booleans and null, indented by two spaces. */
     public static String write(Object value) {
         StringBuilder out = new StringBuilder();

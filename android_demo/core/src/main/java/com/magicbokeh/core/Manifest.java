@@ -72,7 +72,7 @@ public final class Manifest {
     public final String precision;
     public final ModelConfig config;
     public final String weightsSha256;
-    /** The model's provenance label as JSON text (an object or a string in the manifest). */
+    /** The model's provenance label: the manifest's string, or its object as one line of JSON (sorted keys). */
     public final String modelLabel;
     /** sha256 of manifest.json itself (goldens name the artifacts they came from by it). */
     public final String manifestSha256;
@@ -151,7 +151,7 @@ public final class Manifest {
         ModelConfig config = ModelConfig.fromManifestConfig(
                 Json.object(Json.require(model, "config", "manifest.model"), "manifest.model.config"));
         Object label = model.get("label");
-        String labelText = label == null ? "" : label instanceof String ? (String) label : Json.write(label).trim();
+        String labelText = label == null ? "" : label instanceof String ? (String) label : Json.writeCompact(label);
         Map<String, Object> entries = Json.object(Json.require(root, "components", "manifest"), "manifest.components");
         Map<String, Component> components = new LinkedHashMap<>();
         for (Map.Entry<String, Object> e : entries.entrySet()) {
