@@ -108,6 +108,26 @@ def _hash_fixture(folder: Path) -> None:
     (folder / "sha256.txt").write_text(sha256_file(package) + "\n")
 
 
+def _depth_fixture(folder: Path) -> None:
+    """estimate_depth_static's host steps around a fixed stand-in network (DepthEstimatorTest has
+    the same one in Java): photo, S and the expected depth map, raw little-endian."""
+    from runtime_py.model.depth import estimate_depth_static
+
+    size, height, width = 28, 37, 53  # S: a multiple of the 14-px patch
+    image = np.random.default_rng(11).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+    def network(rgb: np.ndarray) -> np.ndarray:  # (1, 3, S, S) -> (1, 1, S, S)
+        rows = np.arange(size, dtype=np.float32)[:, None] / np.float32(size)
+        d = rgb[0, 0] * np.float32(0.3) + rgb[0, 1] * np.float32(0.5) + rgb[0, 2] * np.float32(0.2) + rows * np.float32(0.1)
+        return d[None, None].astype(np.float32)
+
+    depth = estimate_depth_static(network, image, size)
+    folder.mkdir(parents=True)
+    (folder / "image_u8.raw").write_bytes(image.tobytes())
+    (folder / "depth_f32.raw").write_bytes(depth.astype("<f4").tobytes())
+    (folder / "meta.txt").write_text(f"{size} {height} {width}\n")
+
+
 @pytest.fixture(scope="session")
 def goldens(tmp_path_factory: pytest.TempPathFactory, default_artifacts: Path) -> Path:
     """Every golden case GoldenTest.java and JniRunnerTest.java read, by ``python -m runtime_py golden``
@@ -120,6 +140,7 @@ def goldens(tmp_path_factory: pytest.TempPathFactory, default_artifacts: Path) -
         _golden(root / name, write_photo(photos / name, height, width, seed), focus, K,
                 ["--backend", "executorch", "--artifacts", str(default_artifacts)])
     _hash_fixture(root / "hash_fixture")
+    _depth_fixture(root / "depth_fixture")
     return root
 
 

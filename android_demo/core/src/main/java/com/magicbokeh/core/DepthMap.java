@@ -46,6 +46,11 @@ public final class DepthMap {
         return out;
     }
 
+    /** The value at row-major index {@code i}, in the map's precision. */
+    public double valueAt(int i) {
+        return single != null ? single[i] : dbl[i];
+    }
+
     /** Refuse a depth map whose size differs from the photo's. */
     public void checkMatches(RgbImage image) {
         if (width != image.width || height != image.height) {
