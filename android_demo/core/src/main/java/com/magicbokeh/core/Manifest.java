@@ -53,9 +53,11 @@ public final class Manifest {
         public final String sha256;
         /** The delegate it was lowered to ({@code extra.delegate}; "xnnpack" when absent). */
         public final String delegate;
+        /** The exporter's extra fields (e.g. QNN's {@code context_files}: SoC -> context-binary model). */
+        public final Map<String, Object> extra;
 
         Component(String name, String file, Path path, List<TensorSpec> inputs, List<TensorSpec> outputs,
-                  String precision, String sha256, String delegate) {
+                  String precision, String sha256, String delegate, Map<String, Object> extra) {
             this.name = name;
             this.file = file;
             this.path = path;
@@ -64,6 +66,7 @@ public final class Manifest {
             this.precision = precision;
             this.sha256 = sha256;
             this.delegate = delegate;
+            this.extra = extra;
         }
     }
 
@@ -173,7 +176,7 @@ public final class Manifest {
                     specs(Json.require(entry, "outputs", where), where + ".outputs"),
                     Json.string(Json.require(entry, "precision", where), where + ".precision"),
                     Json.string(Json.require(entry, "sha256", where), where + ".sha256"),
-                    delegate));
+                    delegate, extra instanceof Map ? Json.object(extra, where + ".extra") : Collections.emptyMap()));
         }
         return new Manifest(folder, Json.string(Json.require(root, "backend", "manifest"), "manifest.backend"),
                 Json.string(Json.require(root, "precision", "manifest"), "manifest.precision"), config,
