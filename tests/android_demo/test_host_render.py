@@ -151,7 +151,7 @@ def test_host_render_refuses_an_empty_mask(default_artifacts: Path, small_photo,
     _assert_one_line_error(run, "the focus mask is empty")
 
 
-def test_host_render_reads_float64_depth_and_says_what_is_missing(default_artifacts: Path, small_photo,
+def test_host_render_refuses_out_of_range_float64_depth_and_a_missing_photo(default_artifacts: Path, small_photo,
                                                                    tmp_path: Path) -> None:
     np.save(tmp_path / "d64.npy", np.load(small_photo.depth).astype(np.float64) * 2)  # out of range, float64
     run = _host("--artifacts", str(default_artifacts), "--image", str(small_photo.image), "--depth", str(tmp_path / "d64.npy"),
