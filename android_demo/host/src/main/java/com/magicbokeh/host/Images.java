@@ -39,7 +39,7 @@ public final class Images {
     }
 
     /** Pixel (x, y) as {r, g, b} 0..255, exactly as stored. */
-    private static int[] rgbAt(BufferedImage image, Raster raster, int x, int y, Path path) {
+    private static int[] rgbAt(BufferedImage image, Raster raster, int x, int y) {
         if (image.getColorModel() instanceof IndexColorModel) {
             IndexColorModel icm = (IndexColorModel) image.getColorModel();
             int index = raster.getSample(x, y, 0);
@@ -73,7 +73,7 @@ public final class Images {
         byte[] pixels = new byte[w * h * 3];
         for (int y = 0; y < h; y++) {
             for (int x = 0; x < w; x++) {
-                int[] rgb = rgbAt(image, raster, x, y, path);
+                int[] rgb = rgbAt(image, raster, x, y);
                 for (int c = 0; c < 3; c++) pixels[(y * w + x) * 3 + c] = (byte) rgb[c];
             }
         }
@@ -94,7 +94,7 @@ public final class Images {
                 if (grey) {
                     value = raster.getSample(x, y, 0);
                 } else {
-                    int[] rgb = rgbAt(image, raster, x, y, path);
+                    int[] rgb = rgbAt(image, raster, x, y);
                     value = (rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16;  // PIL's L
                 }
                 mask[y * w + x] = (byte) (value != 0 ? 1 : 0);
