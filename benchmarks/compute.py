@@ -1,6 +1,6 @@
 """Compute per component and per image: parameters, FLOPs, activation bytes, tiles per megapixel.
 
-Parameters and FLOPs come from ``runtime_py.distill.cost`` (the one FLOP counter of the project:
+Parameters and FLOPs come from ``training.distill.cost`` (the one FLOP counter of the project:
 ``torch.utils.flop_counter.FlopCounterMode``, 2 FLOPs per multiply-accumulate, matmul / conv /
 attention only), on a model built on the ``meta`` device, so the SD2.1-scale model costs nothing
 to count. Activation bytes are counted here by watching the same meta run op by op:
@@ -24,11 +24,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from runtime_py.distill.cost import build_on_meta, count_flops, model_cost
+from training.distill.cost import build_on_meta, count_flops, model_cost
+from runtime_py.components import TILE_COMPONENTS
 from runtime_py.model import MagicBokehConfig, get_config
 from runtime_py.tiling import plan_tiles
 
-TILE_COMPONENTS = ("encoder", "denoiser", "decoder")
 FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode: 2 FLOPs per multiply-accumulate; "
                    "matmul, convolution and attention only (norms and activations not counted)")
 

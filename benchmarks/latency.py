@@ -6,10 +6,16 @@ artifacts, run every tile component on real tile inputs (cut from a generated ph
 and p90. The torch eager fp32 run is the baseline; it also saves its outputs, and every other run
 compares its own outputs with them (per component on the baseline's inputs, and the whole tile
 chain encoder -> denoiser -> decoder on its own outputs), so parity comes from the same inputs.
+
+The saved outputs carry a stamp of this run's tile-inputs file (its sha256 and modification time;
+the benchmark writes that file afresh at the start of every run). A reference left in the same
+folder by an earlier run carries another stamp and is never used: the parity figures then say why
+they are missing instead of comparing with stale data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -110,6 +116,51 @@ def _compare(reference: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     return {"psnr_db": _finite(value), "identical": value == math.inf, "max_abs": max_abs(reference, test)}
 
 
+REFERENCE_TILES = "tiles.npz"
+#: Key of the inputs stamp inside the baseline's saved arrays.
+STAMP_KEY = "inputs_stamp"
+
+
+def inputs_stamp(inputs_path: Path | str) -> str:
+    """Identity of one run's tile-inputs file: sha256 of its bytes and its modification time (ns).
+
+    Equal inputs written by two runs still differ in time, so a baseline reference is only ever
+    matched with the run that wrote the inputs it was computed from.
+    """
+    path = Path(inputs_path)
+    return f"{hashlib.sha256(path.read_bytes()).hexdigest()}@{path.stat().st_mtime_ns}"
+
+
+def _whole_reference_path(reference_dir: Path, size: int) -> Path:
+    return reference_dir / f"whole_{size}.npz"
+
+
+def _save_reference(path: Path, stamp: str, arrays: dict[str, np.ndarray]) -> None:
+    from runtime_py.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare path
+            np.savez(handle, **arrays, **{STAMP_KEY: np.array(stamp)})
+
+
+def read_reference(path: Path | str, stamp: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The baseline's saved arrays if THIS run's baseline wrote them, else (None, why not)."""
+    path = Path(path)
+    if not path.is_file():
+        return None, f"no baseline reference {path}: the baseline did not finish in this run"
+    with np.load(path, allow_pickle=False) as data:
+        saved = str(data[STAMP_KEY]) if STAMP_KEY in data.files else None
+        if saved != stamp:
+            return None, (f"baseline reference {path} was written by another run (inputs stamp {saved} != this "
+                          f"run's {stamp}); not used: the baseline did not finish in this run")
+        return {k: data[k] for k in data.files if k != STAMP_KEY}, None
+
+
+def _unavailable(reason: str, **extra: Any) -> dict[str, Any]:
+    """A parity entry with no figure, saying why (the report shows '-')."""
+    return {"psnr_db": None, "identical": False, "max_abs": None, **extra, "unavailable": reason}
+
+
 def set_threads(threads: int | None) -> None:
     """Intra-op threads for torch in this process (None: the library default, all cores)."""
     if threads:
@@ -204,14 +255,21 @@ def measure_backend(
 ) -> dict[str, Any]:
     """Child-process entry: load, time every component, compare with the baseline, optionally render.
 
-    The baseline (``torch-eager-fp32``) writes ``reference_dir/tiles.npz`` (its stage outputs) and
-    ``whole_<size>.npy``; the others read them.
+    The baseline (``torch-eager-fp32``) first deletes any earlier reference in ``reference_dir``,
+    then writes ``tiles.npz`` (its stage outputs) and ``whole_<size>.npz``, stamped with
+    :func:`inputs_stamp` of ``inputs_path``; the others use them only if the stamp matches.
     """
     from .memory import peak_rss_bytes
 
     run = get_backend_run(label)
     is_baseline = run.label == BASELINE
     set_threads(threads)
+    reference_folder = Path(reference_dir)
+    reference_path = reference_folder / REFERENCE_TILES
+    stamp = inputs_stamp(inputs_path)
+    if is_baseline:  # a baseline that fails below must not leave an earlier run's outputs behind
+        for stale in [reference_path, *reference_folder.glob("whole_*.np[yz]")]:
+            stale.unlink(missing_ok=True)
     start = time.perf_counter()
     fns = load_backend(run, config_name, artifacts, threads)
     load_seconds = time.perf_counter() - start
@@ -228,11 +286,11 @@ def measure_backend(
         own["x0"].append(x0)
         own["out"].append(fns["decoder"](x0))
     own_arrays = {k: np.concatenate(v) for k, v in own.items()}
-    reference_path = Path(reference_dir) / "tiles.npz"
     if is_baseline:
-        Path(reference_dir).mkdir(parents=True, exist_ok=True)
-        np.savez(reference_path, **own_arrays)
-    reference = dict(np.load(reference_path)) if reference_path.exists() else None
+        _save_reference(reference_path, stamp, own_arrays)
+        reference, missing = None, None
+    else:
+        reference, missing = read_reference(reference_path, stamp)
     source = reference if reference is not None else own_arrays
 
     def args_for(name: str, i: int) -> tuple[np.ndarray, ...]:
@@ -248,9 +306,11 @@ def measure_backend(
     for name in TILE_COMPONENTS:
         stats, first = time_callable(fns[name], args_for(name, 0), warmup, repeats)
         row = {"latency": stats.to_dict()}
-        if reference is not None and not is_baseline:
+        if reference is not None:
             outs = np.concatenate([first] + [fns[name](*args_for(name, i)) for i in range(1, count)])
             row["parity_vs_baseline"] = _compare(reference[outputs_key[name]], outs)
+        elif missing is not None:
+            row["parity_vs_baseline"] = _unavailable(missing)
         components[name] = row
     result: dict[str, Any] = {
         "label": run.label,
@@ -262,15 +322,18 @@ def measure_backend(
         "components": components,
         "tile_median_s": sum(components[n]["latency"]["median_s"] for n in TILE_COMPONENTS),
     }
-    if reference is not None and not is_baseline:
+    if reference is not None:
         result["tile_chain_parity_vs_baseline"] = _compare(reference["out"], own_arrays["out"])
+    elif missing is not None:
+        result["tile_chain_parity_vs_baseline"] = _unavailable(missing)
     if whole_image_size:
-        result["whole_image"] = _render_whole(fns, config_name, whole_image_size, Path(reference_dir), is_baseline)
+        result["whole_image"] = _render_whole(fns, config_name, whole_image_size, reference_folder, is_baseline, stamp)
     result["peak_rss_bytes_at_end"] = peak_rss_bytes()
     return result
 
 
-def _render_whole(fns: dict[str, Callable], config_name: str, size: int, reference_dir: Path, is_baseline: bool) -> dict[str, Any]:
+def _render_whole(fns: dict[str, Callable], config_name: str, size: int, reference_dir: Path, is_baseline: bool,
+                  stamp: str) -> dict[str, Any]:
     from runtime_py.model import get_config
     from runtime_py.parity import psnr, ssim
     from runtime_py.pipeline import render_image
@@ -282,12 +345,16 @@ def _render_whole(fns: dict[str, Callable], config_name: str, size: int, referen
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"height": size, "width": size, "tiles": result.tile_count, "seconds": seconds,
                            "method": "measured: one render_image call"}
-    path = reference_dir / f"whole_{size}.npy"
+    path = _whole_reference_path(reference_dir, size)
     if is_baseline:
-        np.save(path, result.raw)
-    elif path.exists():
-        ref = np.load(path).astype(np.float32)
-        value = psnr(ref, result.raw.astype(np.float32))
-        row["parity_vs_baseline"] = {"psnr_db": _finite(value), "identical": value == math.inf,
-                                     "ssim": ssim(ref, result.raw.astype(np.float32), data_range=255.0)}
+        _save_reference(path, stamp, {"raw": result.raw})
+        return row
+    saved, missing = read_reference(path, stamp)
+    if saved is None:
+        row["parity_vs_baseline"] = _unavailable(missing, ssim=None)
+        return row
+    ref = saved["raw"].astype(np.float32)
+    value = psnr(ref, result.raw.astype(np.float32))
+    row["parity_vs_baseline"] = {"psnr_db": _finite(value), "identical": value == math.inf,
+                                 "ssim": ssim(ref, result.raw.astype(np.float32), data_range=255.0)}
     return row

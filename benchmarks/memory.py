@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
-import platform
-import resource
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from runtime_py.memory import peak_rss_bytes
+
 _SPAWN = mp.get_context("spawn")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if platform.system() == "Darwin" else peak * 1024)
 
 
 @dataclass

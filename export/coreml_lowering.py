@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from export.prepare import ExportError, focus_implementation, prepare_component,
 from runtime_py.atomic import atomic_path
 from runtime_py.components import Component
 from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+from runtime_py.memory import peak_rss_mib
 
 DEFAULT_CHUNK_BYTES = 1 << 30
 PRECISIONS = ("fp16", "fp32", "w8", "w6", "w4", "mixed")
@@ -462,12 +462,6 @@ class CoreMLExportResult:
     parity: Any  # runtime_py.parity.ParityResult, or None without parity
     seconds: float
     peak_rss_mib: float
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if platform.system() == "Darwin" else 2**10)
 
 
 #: Per-component PSNR bars the export checks (None: reported only). fp16 >= 40 dB and w8 >= 35 dB

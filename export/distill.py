@@ -37,7 +37,7 @@ DEFAULT_OUTPUT = "outputs/distill"
 
 
 def _student_spec(text: str):
-    from runtime_py.distill import StudentSpec
+    from training.distill import StudentSpec
 
     parts = text.split("/")
     if not 1 <= len(parts) <= 3:
@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cost(args: argparse.Namespace) -> dict:
-    from runtime_py.distill import DEFAULT_STUDENTS, cost_report, write_cost_report
-    from runtime_py.distill.cost import report_markdown
+    from training.distill import DEFAULT_STUDENTS, cost_report, write_cost_report
+    from training.distill.cost import report_markdown
 
     students = args.students if getattr(args, "students", None) else DEFAULT_STUDENTS
     report = cost_report(args.teacher_config, args.teacher_steps, students)
@@ -155,7 +155,7 @@ def run_train(args: argparse.Namespace) -> dict:
     import torch
 
     from runtime_py.atomic import write_json
-    from runtime_py.distill import (
+    from training.distill import (
         DistillConfig,
         DistillTrainer,
         LossWeights,
@@ -166,7 +166,7 @@ def run_train(args: argparse.Namespace) -> dict:
         renderer_teacher,
         scene_generator_from_runtime,
     )
-    from runtime_py.distill.students import architecture_of, get_student_config
+    from training.distill.students import architecture_of, get_student_config
     from runtime_py.model import get_config
 
     if args.teacher_steps < 1 or args.student_steps < 1:

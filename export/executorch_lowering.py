@@ -18,7 +18,6 @@ renames the folder into place, so an interrupted export never leaves a folder th
 from __future__ import annotations
 
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from runtime_py.atomic import atomic_path
 from runtime_py.backends.base import BackendUnavailableError
 from runtime_py.components import Component
 from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+from runtime_py.memory import peak_rss_mib
 from runtime_py.model import MagicBokehConfig
 
 BACKEND_NAME = "executorch"
@@ -249,11 +249,6 @@ class ExportReport:
         ]
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def export_executorch(
     components: Mapping[str, Component],
     out_dir: Path | str,
@@ -320,7 +315,7 @@ def export_executorch(
             extra=dict(extra or {}),
         )
         write_manifest(tmp, manifest)  # last: a folder without it is not an artifacts folder
-    return ExportReport(out_dir, recipe, lowered, manifest, time.perf_counter() - start, peak_rss_mb())
+    return ExportReport(out_dir, recipe, lowered, manifest, time.perf_counter() - start, peak_rss_mib())
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:

@@ -19,8 +19,6 @@ parity report separates the two sources of error: QDQ on the CPU against the fp3
 from __future__ import annotations
 
 import hashlib
-import resource
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from runtime_py.atomic import atomic_path
 from runtime_py.backends.onnxruntime_backend import DEFAULT_SOC, SOCS, HtpLoadError, htp_session, soc_options
 from runtime_py.components import Component
 from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
+from runtime_py.memory import peak_rss_mib
 
 from .onnx_export import DEFAULT_OPSET, export_onnx, model_bytes
 from .prepare import ExportError
@@ -93,12 +92,6 @@ class QnnExportResult:
     parity: dict[str, Any]
     seconds: float
     peak_rss_mib: float
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def depth_calibration_set(components: Mapping[str, Component], options: QnnOptions, config: Any):

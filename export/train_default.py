@@ -29,8 +29,8 @@ DEFAULT_SHARD_SCENES = 800
 
 def pool_specs(scenes: int, size: int, shard_scenes: int) -> list:
     """The training pool as shards of consecutive seeds from 0 (held-out seeds start at 1 000 000)."""
-    from runtime_py.training.data import PoolSpec
-    from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED
+    from training.default_model.data import PoolSpec
+    from training.default_model.evaluate import HELD_OUT_FIRST_SEED
 
     if scenes < 1 or shard_scenes < 1 or scenes > HELD_OUT_FIRST_SEED:
         raise SystemExit(f"--pool-scenes must be in 1..{HELD_OUT_FIRST_SEED} and --pool-shard-scenes >= 1")
@@ -60,9 +60,9 @@ def parse_overrides(items: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from runtime_py.training.trainer import TrainConfig, train
+    from training.default_model.trainer import TrainConfig, train
 
-    from runtime_py.training.data import build_scene_pool_shards
+    from training.default_model.data import build_scene_pool_shards
 
     torch.set_num_threads(args.threads)
     specs = pool_specs(args.pool_scenes, args.pool_size, args.pool_shard_scenes)
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
-    from runtime_py.training.data import build_scene_pool_shards
+    from training.default_model.data import build_scene_pool_shards
 
     specs = pool_specs(args.pool_scenes, args.pool_size, args.pool_shard_scenes)
     for path in build_scene_pool_shards(specs, Path(args.pool_dir), workers=args.pool_workers):
@@ -106,8 +106,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED, evaluate_model
-    from runtime_py.training.trainer import load_trained_model
+    from training.default_model.evaluate import HELD_OUT_FIRST_SEED, evaluate_model
+    from training.default_model.trainer import load_trained_model
 
     torch.set_num_threads(args.threads)
     model, state = load_trained_model(args.run_dir)
@@ -120,14 +120,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from runtime_py.training.trainer import pack_checkpoint
+    from training.default_model.trainer import pack_checkpoint
 
     print(pack_checkpoint(Path(args.run_dir), Path(args.out)), flush=True)
     return 0
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
-    from runtime_py.training.model_card import finish_default_model
+    from training.default_model.model_card import finish_default_model
 
     finish_default_model(Path(args.run_dir), Path(args.weights_dir), num_scenes=args.eval_scenes, eval_size=args.eval_size)
     return 0
@@ -189,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime_py.training.data import TrainingDataError
-    from runtime_py.training.trainer import TrainingError
+    args = build_parser().parse_args(argv)  # before the trainer's imports: --help stays instant
+    from training.default_model.data import TrainingDataError
+    from training.default_model.trainer import TrainingError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (TrainingError, TrainingDataError) as exc:

@@ -23,11 +23,9 @@ import torch
 from quantize.recipes import CalibrationSpec
 from runtime_py.backends.base import ComponentFn
 from runtime_py.backends.torch_backend import wrap_component
-from runtime_py.components import Component
+from runtime_py.components import TILE_COMPONENTS, Component
 from runtime_py.model import MagicBokehConfig
 from runtime_py.samples import RealSample, depth_inputs, gather_samples, tile_records
-
-TILE_COMPONENTS = ("encoder", "denoiser", "decoder")
 
 
 @dataclass

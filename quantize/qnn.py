@@ -26,6 +26,8 @@ import onnx
 
 from .recipes import QuantRecipe, get_recipe
 
+#: How activation ranges are calibrated (see quantize_qdq).
+CALIBRATIONS = ("onnxruntime", "streaming")
 #: Operators the backwards walk from the denoiser's output passes through to reach ``eps``.
 _X0_STEP_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
 
@@ -166,19 +168,30 @@ def quantize_qdq(
     recipe: QuantRecipe | str = "w8a16",
     overrides: Mapping[str, list[dict[str, Any]]] | None = None,
     external_data: bool = False,
+    calibration: str = "onnxruntime",
+    ranges: Any = None,
 ) -> QnnQuantResult:
     """Quantize an fp32 ONNX model (already rewritten for the HTP) into a QDQ model.
 
     ``samples`` are input tuples in the component's input order, from real tiles; at least one is
     required (min/max over random tensors gave 16.6 dB on a UNet, so the caller should pass many).
+    ``calibration``: ``"onnxruntime"`` (its own MinMax calibrator) or ``"streaming"``
+    (:mod:`quantize.streaming_calibration`: the same ranges, calibrated in its own phase with one
+    session and running min/max, so that full-size models fit in memory). ``ranges``: a
+    ``StreamingRanges`` computed earlier (e.g. on the whole graph, to quantize one part of a split
+    graph); needs ``calibration="streaming"`` and replaces ``samples``.
     """
     from onnxruntime.quantization import CalibrationMethod, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
+    if calibration not in CALIBRATIONS:
+        raise QuantizationError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.needs_calibration:
         raise QuantizationError(f"recipe {recipe.name!r} has float activations; the HTP path needs a W8A8 or W8A16 recipe")
-    if len(samples) == 0:
+    if ranges is not None and calibration != "streaming":
+        raise QuantizationError("precomputed ranges need calibration='streaming'")
+    if len(samples) == 0 and ranges is None:
         raise QuantizationError(f"component {component!r}: no calibration samples given")
     activation_type, weight_type = quant_types(recipe)
     model = onnx.load(str(model_path), load_external_data=False)
@@ -203,7 +216,15 @@ def quantize_qdq(
             init_overrides={k: [dict(e) for e in v] for k, v in merged.items()} or None,
         )
         config.use_external_data_format = external_data
-        quantize(str(model_path), str(out_path), config)
+        if calibration == "streaming":
+            from .streaming_calibration import quantize_static_streaming
+
+            used = quantize_static_streaming(model_path, out_path, config, reader, ranges)
+            extra = {"calibration": calibration, "calibrated_tensors": len(used.ranges),
+                     "calibration_seconds": 0.0 if ranges is not None else used.seconds}
+        else:
+            quantize(str(model_path), str(out_path), config)
+            extra = {"calibration": calibration}
     except QuantizationError:
         raise
     except Exception as exc:
@@ -217,7 +238,8 @@ def quantize_qdq(
         activation_type=activation_type.name,
         weight_type=weight_type.name,
         per_channel=recipe.per_channel,
-        calibration_samples=len(reader),
+        calibration_samples=ranges.samples if ranges is not None else len(reader),
         overrides={k: [{kk: (vv.name if hasattr(vv, "name") else vv) for kk, vv in e.items()} for e in v] for k, v in merged.items()},
         seconds=time.perf_counter() - start,
+        extra=extra,
     )

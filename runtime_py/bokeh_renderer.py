@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .contract import IN_FOCUS_THRESHOLD, defocus_inputs
+
 DEFAULT_PX_PER_UNIT = 1.0
 """Disk radius in pixels per unit of ``|depth - focus| * K`` (32 px at K = 32, full defocus)."""
-
-DEFOCUS_NORMALISER = 32.0
-"""MagicBokeh's defocus map is ``|depth - focus| * K / 32``."""
 
 
 class BokehInputError(ValueError):
@@ -69,12 +68,6 @@ class BokehSettings:
 
 
 # -- small public helpers ------------------------------------------------------------------------
-
-
-def defocus_map(depth: np.ndarray, focus: float, aperture_k: float) -> np.ndarray:
-    """MagicBokeh's defocus map ``D = |depth - focus| * K / 32`` (float32)."""
-    depth = np.asarray(depth, dtype=np.float32)
-    return (np.abs(depth - np.float32(focus)) * np.float32(aperture_k) / np.float32(DEFOCUS_NORMALISER)).astype(np.float32)
 
 
 def signed_blur_radius(depth: np.ndarray, focus: float, aperture_k: float, px_per_unit: float = DEFAULT_PX_PER_UNIT) -> np.ndarray:
@@ -273,19 +266,19 @@ def gaussian_background_blur(
     focus: float,
     aperture_k: float,
     settings: BokehSettings | None = None,
-    in_focus_threshold: float = 0.1,
+    in_focus_threshold: float = IN_FOCUS_THRESHOLD,
 ) -> np.ndarray:
     """The naive baseline: one Gaussian blur pasted behind the in-focus region.
 
-    The in-focus region is MagicBokeh's (``D <= 0.1``); the Gaussian's sigma is half the median
-    disk radius of the out-of-focus pixels (a disk of radius r has a standard deviation of r/2),
-    so the baseline blurs as much as the renderer does on average, without depth layering,
-    occlusion or highlights.
+    The in-focus region is MagicBokeh's (``D <= 0.1``, :mod:`runtime_py.contract`); the Gaussian's
+    sigma is half the median disk radius of the out-of-focus pixels (a disk of radius r has a
+    standard deviation of r/2), so the baseline blurs as much as the renderer does on average,
+    without depth layering, occlusion or highlights.
     """
     settings = settings or BokehSettings()
     image, depth = _validate(image, depth, focus, aperture_k)
-    d = defocus_map(depth, focus, aperture_k)
-    sharp = d <= in_focus_threshold
+    _, in_focus = defocus_inputs(depth, focus, aperture_k, in_focus_threshold)
+    sharp = in_focus.astype(bool)
     if sharp.all():
         return image.copy()
     radius = np.abs(signed_blur_radius(depth, focus, aperture_k, settings.px_per_unit))

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
-from .model import MagicBokeh, MagicBokehConfig
+from .model.config import MagicBokehConfig
+
+if TYPE_CHECKING:  # the model (and diffusers) is imported only by whoever builds one
+    from .model import MagicBokeh
 
 COMPONENT_NAMES = ("encoder", "denoiser", "decoder", "depth")
 TILE_COMPONENTS = ("encoder", "denoiser", "decoder")
+"""The per-tile components, in run order: the one list the pipeline, parity, calibration and benchmarks use."""
 
 
 @dataclass(frozen=True)

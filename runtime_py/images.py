@@ -14,16 +14,28 @@ Decisions (the published code accepts only what its data set holds):
   trailing axes are squeezed). NaN / inf and values outside [0, 1] are refused, with the range
   found. Integer depth files are refused (their scale is unknown).
 * Focus masks are any image; a pixel is "in the mask" when its greyscale value is non-zero.
+* Size limits (inputs may come from anywhere): images, masks and depth maps hold at most
+  :data:`MAX_PIXELS` pixels, checked from the file's header before any pixel is decoded.
+  Pillow's own decompression-bomb guard is set to the same limit (``Image.MAX_IMAGE_PIXELS``) and
+  its warning is treated as an error. ``.npy`` files are opened memory-mapped with
+  ``allow_pickle=False``, so a header that promises more data than the file holds, an object
+  array or an oversized array is refused before anything is read.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+#: The most pixels an input may have: 8192 x 8192 (a 67-megapixel photo; a render of it already
+#: needs several GB). A few hundred bytes of PNG can declare billions of pixels.
+MAX_PIXELS = 8192 * 8192
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and refuses above twice this
 
 #: PIL modes that become RGB by dropping alpha or replicating grey.
 _CONVERTIBLE_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "L", "LA", "La", "1"}
@@ -33,6 +45,24 @@ class InputError(ValueError):
     """An input image, depth map, mask or focus setting is unusable; the message says why."""
 
 
+def _open_checked(path: Path, what: str) -> Image.Image:
+    """Open an image lazily and refuse it if its header declares more than :data:`MAX_PIXELS`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise InputError(f"{what} {path}: refused, too many pixels ({exc})") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise InputError(
+            f"{what} {path}: {width}x{height} pixels, more than the {MAX_PIXELS} allowed (8192x8192); "
+            "a decompression bomb, or a photo to downscale first"
+        )
+    return img
+
+
 # -- photos -----------------------------------------------------------------------------------
 def load_image(path: Path | str) -> np.ndarray:
     """Read a photo as an (H, W, 3) uint8 sRGB array (see the module doc for mode handling)."""
@@ -40,7 +70,7 @@ def load_image(path: Path | str) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
+        with _open_checked(path, "image") as img:
             img.load()
             mode = img.mode
             if mode not in _CONVERTIBLE_MODES:
@@ -72,18 +102,28 @@ def validate_image(image: Any, name: str = "image") -> np.ndarray:
 
 
 # -- depth ------------------------------------------------------------------------------------
-def load_depth(path: Path | str) -> np.ndarray:
-    """Read a depth map saved with ``numpy.save`` (float, (H, W), values in [0, 1])."""
+def load_depth(path: Path | str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a depth map saved with ``numpy.save`` (float, (H, W), values in [0, 1]).
+
+    ``shape`` (the image's (H, W)), if given, is checked against the file's header before the
+    data is read. The file is opened memory-mapped (see the module doc), then copied.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"depth file not found: {path}")
     try:
-        depth = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read depth map {path} (expected a .npy array): {exc}") from None
-    if not isinstance(depth, np.ndarray):  # an .npz archive
-        raise InputError(f"depth map {path}: expected a single .npy array, got {type(depth).__name__}")
-    return validate_depth(depth, name=str(path))
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise InputError(f"cannot read depth map {path} (expected a .npy array): {str(exc)[:200]}") from None
+    if not isinstance(mapped, np.ndarray):  # an .npz archive
+        if hasattr(mapped, "close"):
+            mapped.close()
+        raise InputError(f"depth map {path}: expected a single .npy array, got {type(mapped).__name__}")
+    if mapped.size > MAX_PIXELS:
+        raise InputError(f"depth map {path}: shape {mapped.shape} has {mapped.size} values, more than the {MAX_PIXELS} allowed")
+    if shape is not None and mapped.size != shape[0] * shape[1]:
+        raise InputError(f"{path}: depth map has shape {mapped.shape} but the image is {shape[0]}x{shape[1]} (HxW)")
+    return validate_depth(np.array(mapped), shape=shape, name=str(path))
 
 
 def validate_depth(depth: Any, shape: tuple[int, int] | None = None, name: str = "depth") -> np.ndarray:
@@ -128,9 +168,11 @@ def load_mask(path: Path | str) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"mask file not found: {path}")
     try:
-        with Image.open(path) as img:
+        with _open_checked(path, "mask") as img:
             img.load()
             grey = np.asarray(img.convert("L"))
+    except InputError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read mask {path}: {exc}") from None
     return grey != 0

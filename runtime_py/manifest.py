@@ -29,8 +29,45 @@ MANIFEST_NAME = "manifest.json"
 TOOL_PACKAGES = ("torch", "executorch", "coremltools", "onnx", "onnxruntime", "onnxruntime-qnn", "diffusers", "transformers", "numpy")
 
 
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest is a few KB; the cap bounds what parsing may cost
+
+
 class ManifestError(ValueError):
     """An artifacts folder is missing, corrupt, or does not match what is being loaded."""
+
+
+def _check_schema(data: Any) -> None:
+    """The manifest's structure and field types, before any field is used.
+
+    Component files must be plain relative paths inside the artifacts folder: a manifest from
+    elsewhere must not make the loader hash or load files outside it.
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest is a JSON {type(data).__name__}, expected an object")
+    for key, kind in (("backend", str), ("precision", str), ("model", dict), ("components", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ManifestError(f"manifest field {key!r} is missing or not a {kind.__name__}")
+    for key, kind in (("recipe", dict), ("tools", dict), ("extra", dict), ("created", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise ManifestError(f"manifest field {key!r} is not a {kind.__name__}")
+    model = data["model"]
+    if not isinstance(model.get("config"), dict) or not isinstance(model.get("weights_sha256"), str):
+        raise ManifestError("manifest field 'model' needs a 'config' object and a 'weights_sha256' string")
+    for name, entry in data["components"].items():
+        if not isinstance(entry, dict):
+            raise ManifestError(f"manifest component {name[:60]!r} is not an object")
+        for key, kind in (("name", str), ("file", str), ("inputs", list), ("outputs", list), ("precision", str),
+                          ("sha256", str), ("bytes", int), ("extra", dict)):
+            if key in entry and not isinstance(entry[key], kind):
+                raise ManifestError(f"manifest component {name[:60]!r}: field {key!r} is not a {kind.__name__}")
+        file = entry.get("file")
+        if not isinstance(file, str) or not file:
+            raise ManifestError(f"manifest component {name[:60]!r} names no file")
+        parts = Path(file).parts
+        if Path(file).is_absolute() or ".." in parts or "\\" in file or ":" in file:
+            raise ManifestError(
+                f"manifest component {name[:60]!r}: file {file[:100]!r} is not a path inside the artifacts folder"
+            )
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -158,12 +195,15 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest is a JSON {type(data).__name__}, expected an object")
         if data.get("schema") != SCHEMA:
-            raise ManifestError(f"not a MagicBokeh artifacts manifest (schema {data.get('schema')!r})")
+            raise ManifestError(f"not a MagicBokeh artifacts manifest (schema {str(data.get('schema'))[:60]!r})")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ManifestError(
-                f"manifest schema version {data.get('schema_version')} is not supported (this runtime reads {SCHEMA_VERSION})"
+                f"manifest schema version {str(data.get('schema_version'))[:40]} is not supported (this runtime reads {SCHEMA_VERSION})"
             )
+        _check_schema(data)
         try:
             components = {name: ComponentEntry(**entry) for name, entry in data["components"].items()}
             return cls(
@@ -179,7 +219,7 @@ class Manifest:
                 extra=data.get("extra", {}),
             )
         except (KeyError, TypeError) as exc:
-            raise ManifestError(f"manifest is malformed: {exc!r}") from None
+            raise ManifestError(f"manifest is malformed: {str(exc)[:200]}") from None
 
 
 def write_manifest(folder: Path | str, manifest: Manifest) -> Path:
@@ -202,11 +242,17 @@ def read_manifest(folder: Path | str, verify_files: bool = True) -> Manifest:
         raise ManifestError(f"artifacts folder {folder} does not exist")
     if not path.is_file():
         raise ManifestError(f"{folder} has no {MANIFEST_NAME}: not an artifacts folder, or an export that did not finish")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
-    manifest = Manifest.from_dict(data)
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"{path} is not valid JSON: {str(exc)[:200]}") from None
+    try:
+        manifest = Manifest.from_dict(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     if verify_files:
         for entry in manifest.components.values():
             file = folder / entry.file

@@ -1,8 +1,10 @@
 """Parity metrics against the fp32 torch reference (the one place they are defined).
 
-PSNR follows the definition Apple's and Qualcomm's converters report: ``20 log10(max|ref| / RMSE)``,
-so it is meaningful for latents as well as images. SSIM is computed on images (Gaussian window,
-sigma 1.5, the usual constants) with an explicit data range.
+PSNR is ``20 log10(peak / RMSE)`` with the peak stated by the caller: by default the definition
+Apple's and Qualcomm's converters report, ``peak = max|ref|``, meaningful for latents as well as
+images; image-quality figures on [0, 1] images (training, the model card) pass ``peak=1.0``.
+SSIM is computed on images (Gaussian window, sigma 1.5, the usual constants) with an explicit data
+range.
 """
 
 from __future__ import annotations
@@ -17,16 +19,35 @@ def max_abs(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.max(np.abs(reference - test))) if reference.size else 0.0
 
 
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """``20 log10(max|ref| / RMSE)`` in dB; ``inf`` when identical."""
+def psnr(
+    reference: np.ndarray,
+    test: np.ndarray,
+    *,
+    peak: float | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
+    """``20 log10(peak / RMSE)`` in dB; ``inf`` when identical (the project's one PSNR).
+
+    ``peak``: the signal's peak value; None means ``max|reference|`` over the compared values (the
+    parity convention: Apple's and Qualcomm's). Images in [0, 1] pass 1.0, 8-bit images 255.
+    ``mask``: compare only where it is true (broadcast against the arrays; an (H, W) mask selects
+    pixels of (H, W, C) images); NaN when it selects nothing.
+    """
     reference, test = _pair(reference, test)
+    if peak is not None and not (peak > 0 and math.isfinite(peak)):
+        raise ValueError(f"psnr peak must be a positive number, got {peak}")
+    if mask is not None:
+        selected = np.asarray(mask, dtype=bool)
+        if not selected.any():
+            return math.nan
+        reference, test = reference[selected], test[selected]
     rmse = math.sqrt(float(np.mean((reference - test) ** 2)))
-    peak = float(np.max(np.abs(reference)))
     if rmse == 0.0:
         return math.inf
-    if peak == 0.0:
+    signal = float(np.max(np.abs(reference))) if peak is None else float(peak)
+    if signal == 0.0:
         return -math.inf
-    return 20.0 * math.log10(peak / rmse)
+    return 20.0 * math.log10(signal / rmse)
 
 
 def ssim(reference: np.ndarray, test: np.ndarray, data_range: float, channel_axis: int | None = -1) -> float:
@@ -226,7 +247,8 @@ def run_parity(
     chain's latents) lets every comparison of a split report share one set of slow NPU runs.
     """
     from .model.config import get_config
-    from .pipeline import TILE_COMPONENT_NAMES, render_image
+    from .components import TILE_COMPONENTS
+    from .pipeline import render_image
     from .samples import depth_inputs, tile_records
 
     config = get_config(config)
@@ -247,7 +269,7 @@ def run_parity(
     say = print if progress else (lambda *a, **k: None)
     timings: dict[str, float] = {}
     pools = {name: _Pool() for name in names}
-    tile_names = [n for n in names if n in TILE_COMPONENT_NAMES]
+    tile_names = [n for n in names if n in TILE_COMPONENTS]
     if tile_names:
         start = _time.perf_counter()
 
@@ -271,7 +293,7 @@ def run_parity(
 
     e2e: dict[str, _Any] | None = None
     sample_rows: list[dict[str, _Any]] = []
-    can_render = all(n in reference_fns and n in test_fns for n in TILE_COMPONENT_NAMES)
+    can_render = all(n in reference_fns and n in test_fns for n in TILE_COMPONENTS)
     if end_to_end and can_render:
         start = _time.perf_counter()
         final, raw = _Pool(), _Pool()

@@ -27,7 +27,8 @@ def add_parity_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--backend", default=None, help="backend that runs the artifacts (default: the manifest's)")
     p.add_argument("--components", nargs="+", default=None, help="components to compare (default: all the artifacts hold)")
     w = p.add_argument_group("reference weights (default: the built-in model)")
-    add_weight_arguments(w, config_help="built-in model size (default: the manifest's); a guard for --checkpoint")
+    add_weight_arguments(w, config_help="built-in model size (default: the manifest's); for --sd21/--checkpoint "
+                                         "a check that the weights have that configuration's sizes")
     s = p.add_argument_group("inputs")
     s.add_argument("--num-scenes", type=int, default=2, help="generated scenes (default 2)")
     s.add_argument("--images", type=Path, default=None,

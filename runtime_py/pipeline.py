@@ -5,7 +5,8 @@ It reproduces the published inference step by step (see the project's model note
 1. depth float map in [0, 1] -> ``uint8(depth * 255)`` (truncating) -> ``/ 255`` from then on;
 2. focus value ``f``: torch's median (lower middle for an even count) of the 8-bit depth under
    a focus mask, / 255; or the depth at a tapped pixel; or a value given directly;
-3. defocus ``D = |depth - f| * K / 32`` and in-focus mask ``m = 1 - [D > 0.1]``;
+3. defocus ``D = |depth - f| * K / 32`` and in-focus mask ``m = 1 - [D > 0.1]``
+   (:mod:`runtime_py.contract`, shared with training, distillation and the bokeh renderer);
 4. per tile: ``x = 2 * rgb / 255 - 1`` -> encoder -> denoiser(latent, D, m) -> decoder -> [-1, 1];
 5. tiles blended (:mod:`runtime_py.tiling`), ``uint8(((y + 1) / 2).clamp(0, 1) * 255)``;
 6. colour fix: per-channel mean / std of the output matched to the input photo, back to uint8.
@@ -28,22 +29,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .backends.base import ComponentFn
-from .images import (
-    InputError,
-    validate_aperture,
-    validate_depth,
-    validate_focus_value,
-    validate_image,
-    validate_mask,
-    validate_point,
+from .components import TILE_COMPONENTS
+from .contract import (
+    FocusMask,
+    FocusPoint,
+    FocusSpec,
+    FocusValue,
+    defocus_maps,
+    depth_to_u8,
+    resolve_focus,
 )
+from .contract import u8_to_unit as _u8_to_unit
+from .images import InputError, validate_aperture, validate_depth, validate_image, validate_mask, validate_point
 from .model.config import MagicBokehConfig, get_config
 from .tiling import TileBox, TilingPlan, blend_tiles, plan_tiles
 
@@ -54,78 +58,10 @@ TileObserver = Callable[["TileBox", "TileInputs", "TileStages"], None]
 """Called once per tile, in run order, with the tile's inputs and what each stage produced
 (golden vectors for the apps record them; nothing else needs them)."""
 
-TILE_COMPONENT_NAMES = ("encoder", "denoiser", "decoder")
 COLOUR_FIX_EPS = 1e-5
 
 
-# -- focus ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FocusMask:
-    """Focus on the median depth under a mask (non-zero pixels), e.g. a saliency mask."""
-
-    mask: np.ndarray
-
-
-@dataclass(frozen=True)
-class FocusPoint:
-    """Focus on the depth at one pixel (column ``x``, row ``y``): a tap on a phone screen."""
-
-    x: int
-    y: int
-
-
-@dataclass(frozen=True)
-class FocusValue:
-    """Focus on a depth value in [0, 1] given directly (used as is, not rounded to 8 bits)."""
-
-    value: float
-
-
-FocusSpec = Union[FocusMask, FocusPoint, FocusValue]
-
-
-# -- the map arithmetic -----------------------------------------------------------------------
-def _u8_to_unit(t: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1], as torchvision's ToTensor computes it."""
-    return t.to(torch.float32).div(255)
-
-
-def depth_to_u8(depth: np.ndarray) -> np.ndarray:
-    """``uint8(depth * 255)``, truncating, in the precision the depth map was given in."""
-    depth = validate_depth(depth)
-    return (depth * 255).astype(np.uint8)
-
-
-def resolve_focus(depth_u8: np.ndarray, focus: FocusSpec) -> float:
-    """The focus depth ``f`` in [0, 1] (a float32 value) for a focus specification.
-
-    A mask gives torch's median of the 8-bit depth under it (the lower middle value when the
-    count is even) / 255; an empty mask is refused. A point gives the 8-bit depth there / 255.
-    """
-    shape = depth_u8.shape
-    depth_t = torch.from_numpy(np.ascontiguousarray(depth_u8))
-    if isinstance(focus, FocusMask):
-        selected = validate_mask(focus.mask, shape, name="focus mask")
-        median_u8 = torch.median(depth_t[torch.from_numpy(selected)])
-        return float(_u8_to_unit(median_u8))
-    if isinstance(focus, FocusPoint):
-        x, y = validate_point(focus.x, focus.y, shape)
-        return float(_u8_to_unit(depth_t[y, x]))
-    if isinstance(focus, FocusValue):
-        return float(np.float32(validate_focus_value(focus.value)))
-    raise InputError(f"focus must be a FocusMask, FocusPoint or FocusValue, got {type(focus).__name__}")
-
-
-def defocus_maps(depth_u8: np.ndarray, focus: float, K: int, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """``D = |depth_u8 / 255 - f| * K / 32`` and ``m = 1 - [D > threshold]``, both float32 (H, W)."""
-    K = validate_aperture(K)
-    depth = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(depth_u8)))
-    f = torch.tensor(focus, dtype=torch.float32)
-    defocus = (depth - f).abs() * K / 32
-    in_focus = 1.0 - (defocus > threshold).to(torch.float32)
-    return defocus.numpy(), in_focus.numpy()
-
-
+# -- image <-> model range (the maps' arithmetic is runtime_py.contract's) ---------------------
 def image_to_model_range(image_u8: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 ``2 * (rgb / 255) - 1`` in [-1, 1]."""
     rgb = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(image_u8)).permute(2, 0, 1))
@@ -223,9 +159,9 @@ def run_tile_stages(
 
 
 def _check_components(components: Mapping[str, ComponentFn], config: MagicBokehConfig) -> None:
-    missing = [name for name in TILE_COMPONENT_NAMES if name not in components]
+    missing = [name for name in TILE_COMPONENTS if name not in components]
     if missing:
-        raise ValueError(f"components {missing} are missing; render_image needs {list(TILE_COMPONENT_NAMES)}, "
+        raise ValueError(f"components {missing} are missing; render_image needs {list(TILE_COMPONENTS)}, "
                          f"got {sorted(components)}")
     # A torch-backed callable knows its component; catch a model built for another tile size
     # before it fails deep inside a convolution.

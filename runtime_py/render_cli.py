@@ -23,17 +23,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .atomic import write_bytes, write_json
-from .backends.base import ComponentFn
 from .checkpoints.weight_args import WeightArgumentError, add_weight_arguments, load_weights, uses_checkpoint
 from .cli import CLIError
-from .images import InputError, load_depth, load_image, load_mask, parse_point, validate_focus_value
 from .model.config import MagicBokehConfig, get_config
-from .pipeline import FocusMask, FocusPoint, FocusSpec, FocusValue, RenderResult, render_image
+
+if TYPE_CHECKING:  # torch, numpy and PIL are imported when a photo is rendered, not for --help
+    import numpy as np
+
+    from .backends.base import ComponentFn
+    from .contract import FocusSpec
+    from .pipeline import RenderResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_K = 32
@@ -68,7 +70,8 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     weights = parser.add_argument_group("weights (default: the built-in model)")
     add_weight_arguments(weights, config_help="advanced: model configuration (tile size) for the built-in model "
-                                              "or the artifacts; a guard for --checkpoint")
+                                              "or the artifacts; for --sd21/--checkpoint (whose sizes are read "
+                                              "from the weights) a check that they are that configuration's")
 
     run = parser.add_argument_group("runtime")
     run.add_argument("--backend", default="torch", help="backend that runs the model (default: torch)")
@@ -155,6 +158,9 @@ def plan_jobs(args: argparse.Namespace) -> list[RenderJob]:
 
 
 def _focus_for(job: RenderJob, args: argparse.Namespace) -> tuple[FocusSpec, dict[str, Any]]:
+    from .contract import FocusMask, FocusPoint, FocusValue
+    from .images import load_mask, parse_point, validate_focus_value
+
     if job.mask is not None:
         return FocusMask(load_mask(job.mask)), {"mode": "mask", "mask": str(job.mask)}
     if args.focus_point is not None:
@@ -254,6 +260,9 @@ def _write_outputs(job: RenderJob, result: RenderResult, record: dict[str, Any],
 
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``render``."""
+    from .images import InputError, load_depth, load_image, parse_point, validate_aperture, validate_focus_value
+    from .pipeline import render_image
+
     jobs = plan_jobs(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -265,8 +274,6 @@ def run_render(args: argparse.Namespace) -> int:
         validate_focus_value(args.focus_value, name="--focus-value")
     if args.focus_point is not None:
         parse_point(args.focus_point)
-    from .images import validate_aperture
-
     K = validate_aperture(args.K)
     depth_fn = None
     if any(job.depth is None for job in jobs):
@@ -284,7 +291,7 @@ def run_render(args: argparse.Namespace) -> int:
 
     for job in jobs:
         image = load_image(job.image)
-        depth = load_depth(job.depth) if job.depth is not None else None
+        depth = load_depth(job.depth, shape=image.shape[:2]) if job.depth is not None else None
         focus, focus_record = _focus_for(job, args)
         try:
             result = render_image(image, depth, components=loaded.components, config=loaded.config, K=K,

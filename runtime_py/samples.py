@@ -23,16 +23,8 @@ import numpy as np
 from .backends.base import ComponentFn
 from .images import InputError, load_depth, load_image, load_mask
 from .model.config import MagicBokehConfig, get_config
-from .pipeline import (
-    FocusMask,
-    FocusPoint,
-    FocusSpec,
-    defocus_maps,
-    depth_to_u8,
-    image_to_model_range,
-    resolve_focus,
-    run_tile_stages,
-)
+from .contract import FocusMask, FocusPoint, FocusSpec, defocus_maps, depth_to_u8, resolve_focus
+from .pipeline import image_to_model_range, run_tile_stages
 from .tiling import TileBox, plan_tiles
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

@@ -32,7 +32,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing the toolkit and its pinned dependencies (first run: a few minutes)"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev]" 2>&1 \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[all,dev]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   "$venv/bin/python" -c "import torch, executorch, coremltools, onnxruntime, diffusers" \
     || { echo "[setup] the environment does not import; see the pip output above" >&2; exit 1; }

@@ -1,4 +1,4 @@
-"""``python -m runtime_py convert``: published weights (SD2.1 folder + lora.pkl) -> one native file.
+"""``python -m runtime_py convert``: published weights (SD-layout folder + lora.pkl) -> one native file.
 
 Converting once means every later step (render, export, quantize) reads a pickle-free
 ``.safetensors`` with the LoRAs already merged and the configuration embedded.
@@ -19,16 +19,19 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "convert",
         help="merge the published MagicBokeh weights into one native .safetensors checkpoint",
         description=(
-            "Read Stable Diffusion 2.1-base (diffusers folder) and the authors' lora.pkl without executing "
-            "anything from the pickle, merge every LoRA, and write one .safetensors file with the model "
-            "config embedded."
+            "Read a Stable-Diffusion-layout folder (diffusers: SD2.1-base for the real release) and the "
+            "authors' lora.pkl without executing anything from the pickle, merge every LoRA, and write one "
+            ".safetensors file with the model config embedded. The shapes come from the folder's "
+            "unet/config.json and vae/config.json and from lora.pkl, as diffusers' from_pretrained reads them."
         ),
     )
     parser.add_argument("--sd21", required=True, type=Path, metavar="DIR",
-                        help="Stable Diffusion 2.1-base folder in the diffusers layout (unet/, vae/, ...)")
+                        help="Stable Diffusion folder in the diffusers layout (unet/, vae/, ...; their "
+                             "config.json files give the model's shapes)")
     parser.add_argument("--lora", required=True, type=Path, metavar="PKL", help="the published lora.pkl")
-    parser.add_argument("--config", default="sd21", choices=sorted(CONFIGS),
-                        help="model shapes the weights are for (default: sd21)")
+    parser.add_argument("--config", default=None, choices=sorted(CONFIGS),
+                        help="refuse the weights unless they have exactly this configuration's sizes (sd21: the "
+                             "real release); default: take the sizes from the folder")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors", help="native checkpoint to write")
     parser.add_argument("--allow-extra-injector-keys", action="store_true",
                         help="ignore injector tensors the model has no place for (reported) instead of failing")
@@ -55,7 +58,7 @@ def run_convert(args: argparse.Namespace) -> int:
     digest = read_native_metadata(args.out)["weights_sha256"]  # hashed once, while saving
     params = sum(p.numel() for p in model.parameters())
     print(f"read    {report.unet_file}, {report.vae_file}, {report.lora_file}")
-    print(f"dropped {len(report.dropped_unet_keys)} SD2.1 UNet tensors (mid block, cross-attention)")
+    print(f"dropped {len(report.dropped_unet_keys)} base UNet tensors (mid block, cross-attention)")
     print(f"merged  {report.merged_modules.get('unet', 0)} UNet and {report.merged_modules.get('vae', 0)} VAE LoRA layers "
           f"(ranks {report.unet_rank} / {report.vae_rank}); focus LoRA rank {report.focus_rank}")
     if report.ignored_injector_keys:

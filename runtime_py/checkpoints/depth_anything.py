@@ -8,13 +8,13 @@ mapping below is explicit, so every tensor of the file is accounted for: a key t
 consume, a key the model needs that the file lacks, or a tensor of the wrong shape is an error
 naming the keys, never a silently half-loaded model.
 
-Loading is safe: ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)`` (no code in
-the file is run), ``.safetensors`` through safetensors.
+Loading is safe: ``.pth``/``.pt``/``.bin`` go through :func:`~.safe_pickle.safe_torch_load` (the
+toolkit's own checked reader of torch.save archives: nothing in the file is run, torch.load never
+sees it), ``.safetensors`` through a header check and safetensors.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +29,9 @@ from ..model.depth import (
     get_depth_size,
     use_original_position_embedding,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, short_repr
+from .safe_pickle import safe_torch_load
+from .safetensors_check import read_safetensors_header
 
 # The file may lack the DINOv2 mask token (only used in pre-training); the model's zeros then stay.
 OPTIONAL_ORIGINAL_KEYS = frozenset({"pretrained.mask_token"})
@@ -63,16 +65,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
+            read_safetensors_header(path)
             return load_file(str(path), device="cpu")
+        except CheckpointError as exc:
+            raise DepthCheckpointError(str(exc)) from None
         except Exception as exc:  # safetensors raises its own error types
-            raise DepthCheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
+            raise DepthCheckpointError(f"cannot read {path} as safetensors: {str(exc)[:200]}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        obj = safe_torch_load(path)
+    except CheckpointError as exc:
         raise DepthCheckpointError(
-            f"cannot read {path} as a weights-only torch checkpoint (a file that needs arbitrary code to "
-            f"unpickle is refused): {exc}"
-        ) from exc
+            f"cannot read {path} as a weights-only torch checkpoint (nothing in it is run): {exc}"
+        ) from None
     return unwrap_state_dict(obj, source=str(path))
 
 
@@ -89,9 +93,11 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
         obj = obj[nested[0]]
     if not isinstance(obj, Mapping):
         raise DepthCheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
-    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    not_tensors = sorted(short_repr(k, 60) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise DepthCheckpointError(f"{source}: entries that are not tensors: {not_tensors[:10]}")
+        raise DepthCheckpointError(
+            f"{source}: entries that are not tensors (a weights-only checkpoint holds only tensors): {not_tensors[:10]}"
+        )
     state = {str(k): v for k, v in obj.items()}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import CheckpointMismatchError, CorruptCheckpointError
+from .errors import CheckpointMismatchError, CorruptCheckpointError, short_repr
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
 _BASE_KEY = re.compile(r"^(?P<module>.+)\.base_layer\.(?P<param>[^.]+)$")
@@ -57,12 +57,12 @@ def split_peft_state_dict(state: Mapping[str, torch.Tensor], source: str) -> Pef
     halves: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
     for key, tensor in state.items():
         if not isinstance(key, str):
-            raise CorruptCheckpointError(f"{source} has a non-string key {key!r}")
+            raise CorruptCheckpointError(f"{source} has a non-string key {short_repr(key)}")
         if not isinstance(tensor, torch.Tensor):
-            raise CorruptCheckpointError(f"{source}[{key!r}] is a {type(tensor).__name__}, expected a tensor")
+            raise CorruptCheckpointError(f"{source}[{short_repr(key)}] is a {type(tensor).__name__}, expected a tensor")
         if any(f".{part}." in f".{key}." for part in _UNSUPPORTED):
             raise CheckpointMismatchError(
-                f"{source}[{key!r}] is a PEFT tensor this loader cannot merge (embedding LoRA / DoRA / dropout state)"
+                f"{source}[{short_repr(key)}] is a PEFT tensor this loader cannot merge (embedding LoRA / DoRA / dropout state)"
             )
         lora = _LORA_KEY.match(key)
         if lora:
@@ -72,7 +72,7 @@ def split_peft_state_dict(state: Mapping[str, torch.Tensor], source: str) -> Pef
         if base:
             name = f"{base['module']}.{base['param']}"
             if name in out.base:
-                raise CorruptCheckpointError(f"{source} holds {name} twice ({out.base_keys[name]!r} and {key!r})")
+                raise CorruptCheckpointError(f"{source} holds {name} twice ({out.base_keys[name]!r} and {short_repr(key)})")
             out.base[name], out.base_keys[name] = tensor, key
             continue
         out.other[key] = tensor

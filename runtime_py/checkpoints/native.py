@@ -24,8 +24,9 @@ import torch
 from ..atomic import atomic_path
 from ..model import MagicBokeh
 from ..model.config import MagicBokehConfig, get_config
-from .errors import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, summarize_names
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, short_repr, summarize_names
 from .official import _empty_model, assign_state
+from .safetensors_check import read_safetensors_header
 
 __all__ = [
     "NATIVE_FORMAT",
@@ -93,23 +94,17 @@ def save_native(model: MagicBokeh, path: Path | str, dtype: torch.dtype | None =
 
 
 def read_native_metadata(path: Path | str) -> dict[str, str]:
-    """The header metadata of a native checkpoint (reads no tensor data)."""
-    from safetensors import safe_open
-
+    """The header metadata of a native checkpoint (reads no tensor data; the header is checked)."""
     path = _existing_file(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as err:  # noqa: BLE001 - any parser failure means the file is unreadable
-        raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {type(err).__name__}: {err}") from None
+    metadata = read_safetensors_header(path).metadata
     if metadata.get("format") != NATIVE_FORMAT:
         raise CorruptCheckpointError(
             f"{path} is a safetensors file but not a MagicBokeh native checkpoint (metadata format is "
-            f"{metadata.get('format')!r}, expected {NATIVE_FORMAT!r}); write one with `python -m runtime_py convert`"
+            f"{short_repr(metadata.get('format'))}, expected {NATIVE_FORMAT!r}); write one with `python -m runtime_py convert`"
         )
     if metadata.get("format_version") != NATIVE_FORMAT_VERSION:
         raise CorruptCheckpointError(
-            f"{path} has native format version {metadata.get('format_version')!r}; this toolkit reads "
+            f"{path} has native format version {short_repr(metadata.get('format_version'))}; this toolkit reads "
             f"version {NATIVE_FORMAT_VERSION!r}"
         )
     return dict(metadata)
@@ -120,8 +115,8 @@ def read_native_config(path: Path | str) -> MagicBokehConfig:
     metadata = read_native_metadata(path)
     try:
         return MagicBokehConfig.from_dict(json.loads(metadata["config"]))
-    except (KeyError, ValueError, TypeError) as err:
-        raise CorruptCheckpointError(f"{path}: the stored model config cannot be read: {err}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
+        raise CorruptCheckpointError(f"{path}: the stored model config cannot be read: {short_repr(str(err), 160)}") from None
 
 
 def load_native(
@@ -147,10 +142,25 @@ def load_native(
                 f"{path} holds a {stored.name!r} model, but config {wanted.name!r} was requested"
                 + ("" if wanted.name != stored.name else " (same name, different fields)")
             )
+    # Names and shapes are checked from the header, before any tensor data is read.
+    header = read_safetensors_header(path)
+    expected_shapes = {name: tuple(t.shape) for name, t in _empty_model(stored).state_dict().items()}
+    missing = sorted(set(expected_shapes) - set(header.tensors))
+    unexpected = sorted(set(header.tensors) - set(expected_shapes))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{path} does not fit the stored {stored.name!r} config: missing {summarize_names(missing) or 'none'}; "
+            f"unexpected {summarize_names([short_repr(n, 60) for n in unexpected]) or 'none'}"
+        )
+    for name, entry in header.tensors.items():
+        if entry.shape != expected_shapes[name]:
+            raise CheckpointMismatchError(
+                f"{path}: tensor {name} has shape {entry.shape}, the stored config expects {expected_shapes[name]}"
+            )
     try:
         tensors = load_file(str(path))
     except Exception as err:  # noqa: BLE001
-        raise CorruptCheckpointError(f"{path} cannot be read (truncated?): {type(err).__name__}: {err}") from None
+        raise CorruptCheckpointError(f"{path} cannot be read (truncated?): {type(err).__name__}: {short_repr(str(err), 160)}") from None
     if verify and weights_sha256(tensors) != metadata.get("weights_sha256"):
         raise CorruptCheckpointError(
             f"{path}: the tensors do not match the stored weights_sha256 (the file was modified or damaged)"

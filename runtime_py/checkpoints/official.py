@@ -1,7 +1,10 @@
 """Load the published MagicBokeh weights: an SD2.1-base diffusers folder plus the authors' ``lora.pkl``.
 
 The result is a plain :class:`MagicBokeh` with every LoRA merged, so that exporters see ordinary
-Linear/Conv2d layers. What goes where (see the model contract):
+Linear/Conv2d layers. The shapes come from the checkpoint itself (the folder's ``unet/config.json``
+and ``vae/config.json``, the injector's tensors and the focus rank in ``lora.pkl``; see
+:mod:`.sd_layout`), so any SD-layout folder loads; ``sd21`` names the real release's sizes. What
+goes where (see the model contract):
 
 * ``unet/``: SD2.1's UNet. The model has no mid block and no cross-attention, so exactly the keys
   ``mid_block.*`` and the transformer blocks' ``attn2.*`` / ``norm2.*`` are dropped; any other
@@ -30,16 +33,19 @@ from typing import Any, Mapping
 import torch
 
 from ..model import MagicBokeh
-from ..model.config import MagicBokehConfig, get_config
+from ..model.config import MagicBokehConfig
 from .errors import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    short_repr,
     summarize_names,
 )
 from .lora import LoraAdapter, PeftStateDict, merge_into, split_peft_state_dict
 from .safe_pickle import module_tensors, safe_torch_load
+from .safetensors_check import read_safetensors_header
+from .sd_layout import FieldValue, cond_embedding_channels, config_from_sd_folder
 
 __all__ = [
     "OFFICIAL_FIELDS",
@@ -47,6 +53,7 @@ __all__ = [
     "is_dropped_unet_key",
     "load_official",
     "load_official_with_report",
+    "official_config",
     "read_diffusers_weights",
     "read_official_lora",
 ]
@@ -141,9 +148,12 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         if path.name.endswith(".safetensors"):
             from safetensors.torch import load_file
 
+            read_safetensors_header(path)  # sizes and offsets checked before any data is read
             tensors = load_file(str(path))
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # a torch.save archive: read by our checked reader, never by torch.load
+            tensors = safe_torch_load(path)
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parser failure means the file is unreadable
         raise CorruptCheckpointError(f"{path} cannot be read as a weights file: {type(err).__name__}: {err}") from None
     if not isinstance(tensors, Mapping) or not all(
@@ -165,12 +175,13 @@ def read_official_lora(path: Path | str) -> dict[str, Any]:
         if missing:
             parts.append(f"missing fields {missing}")
         if unknown:
-            parts.append(f"unknown fields {unknown} (this loader would silently ignore them)")
+            shown = "[" + ", ".join(short_repr(name, 60) for name in unknown[:8]) + (", ...]" if len(unknown) > 8 else "]")
+            parts.append(f"unknown fields {shown} (this loader would silently ignore them)")
         raise CheckpointMismatchError(f"{path} is not a MagicBokeh lora.pkl: {'; '.join(parts)}")
     for name, kind in OFFICIAL_FIELDS.items():
         value = data[name]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise CorruptCheckpointError(f"{path}: {name} is {value!r}, expected a positive integer rank")
+            raise CorruptCheckpointError(f"{path}: {name} is {short_repr(value)}, expected a positive integer rank")
         if kind is not int and not isinstance(value, kind):
             raise CorruptCheckpointError(f"{path}: {name} is a {type(value).__name__}, expected {_kind_name(kind)}")
         if isinstance(value, (list, tuple)) and not all(isinstance(v, str) for v in value):
@@ -202,7 +213,7 @@ class _StateBuilder:
         if tuple(tensor.shape) != shape:
             raise CheckpointMismatchError(
                 f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the {self.config_name!r} model expects "
-                f"{shape} (wrong --config for these weights?)"
+                f"{shape} (do the weights disagree with the folder's config.json?)"
             )
         if not tensor.is_floating_point():
             raise CorruptCheckpointError(f"{source}: tensor {name} has dtype {tensor.dtype}, expected floating point")
@@ -314,24 +325,42 @@ def assign_state(model: MagicBokeh, tensors: dict[str, torch.Tensor], source: st
     return model.eval()
 
 
+# -- the configuration ------------------------------------------------------------------------
+def official_config(
+    sd_dir: Path | str,
+    lora: Mapping[str, Any],
+    lora_pkl: Path | str,
+    expected: MagicBokehConfig | str | None = None,
+) -> MagicBokehConfig:
+    """The model's shapes: the folder's ``unet/`` and ``vae/`` config.json, plus what ``lora.pkl`` holds.
+
+    ``lora`` is :func:`read_official_lora`'s dict: the pickled injector gives the conditioning
+    embedding's widths, ``state_dict_attn`` the focus-attention rank (and with it the LoRA scale
+    1/rank). ``expected`` (a name such as ``"sd21"``) is a check that the checkpoint has exactly
+    that configuration's sizes; see :mod:`.sd_layout`.
+    """
+    where = f"{lora_pkl} controlnet"
+    injector = module_tensors(lora["controlnet"], where=where)
+    cond = FieldValue(cond_embedding_channels(injector, where), f"{where}.controlnet_cond_embedding")
+    return config_from_sd_folder(sd_dir, cond, lora["state_dict_attn"], expected,
+                                 where=f"{sd_dir} + {lora_pkl}")
+
+
 # -- public entry points ----------------------------------------------------------------------
 def load_official_with_report(
     sd21_dir: Path | str,
     lora_pkl: Path | str,
-    config: MagicBokehConfig | str = "sd21",
+    config: MagicBokehConfig | str | None = None,
     *,
     allow_extra_injector_keys: bool = False,
 ) -> tuple[MagicBokeh, OfficialLoadReport]:
     """:func:`load_official`, plus a report of what was read, dropped and merged."""
-    config = get_config(config)
     sd21_dir, lora_pkl = Path(sd21_dir), Path(lora_pkl)
     if not sd21_dir.is_dir():
         raise CheckpointNotFoundError(f"Stable Diffusion folder {sd21_dir} does not exist or is not a folder")
     lora = read_official_lora(lora_pkl)
-    focus_rank = lora["state_dict_attn"]
-    if focus_rank != config.focus_rank:
-        # The rank (and with it the LoRA scale 1/rank) is a property of the checkpoint.
-        config = config.replace(focus_rank=focus_rank)
+    config = official_config(sd21_dir, lora, lora_pkl, config)
+    focus_rank = config.focus_rank
 
     unet_tensors, unet_file = read_diffusers_weights(sd21_dir, "unet")
     vae_tensors, vae_file = read_diffusers_weights(sd21_dir, "vae")
@@ -371,7 +400,7 @@ def load_official_with_report(
     # Focus-attention LoRA (read first: state_dict_unet may repeat these tensors).
     focus: dict[str, torch.Tensor] = {}
     for key, tensor in lora["processor_state_dict"].items():
-        source = f"{lora_pkl} processor_state_dict[{key!r}]"
+        source = f"{lora_pkl} processor_state_dict[{short_repr(key)}]"
         if not isinstance(key, str) or ".processor." not in key or not builder.has(f"unet.{key}"):
             raise CheckpointMismatchError(f"{source}: not a focus-attention LoRA tensor of this model's UNet")
         if not isinstance(tensor, torch.Tensor):
@@ -421,14 +450,16 @@ def load_official_with_report(
 def load_official(
     sd21_dir: Path | str,
     lora_pkl: Path | str,
-    config: MagicBokehConfig | str = "sd21",
+    config: MagicBokehConfig | str | None = None,
     *,
     allow_extra_injector_keys: bool = False,
 ) -> MagicBokeh:
-    """MagicBokeh from the published weights: SD2.1-base folder + ``lora.pkl``, LoRAs merged.
+    """MagicBokeh from the published weights: an SD-layout folder + ``lora.pkl``, LoRAs merged.
 
-    ``config`` gives the shapes (``"sd21"`` for the real weights; tests use ``"tiny"``); the focus
-    LoRA rank is taken from the checkpoint. Nothing in ``lora.pkl`` is executed.
+    The shapes are read from the folder's ``unet/config.json`` and ``vae/config.json`` and from
+    ``lora.pkl`` (conditioning-embedding widths, focus rank), as diffusers' ``from_pretrained``
+    reads them; ``config`` (``"sd21"`` for the real release) only checks that they are that
+    configuration's. Nothing in ``lora.pkl`` is executed.
     """
     model, _ = load_official_with_report(
         sd21_dir, lora_pkl, config, allow_extra_injector_keys=allow_extra_injector_keys

@@ -1,8 +1,9 @@
 """The weight-source flags every command shares, and the one function that turns them into a model.
 
 Exporters, ``parity`` and ``render`` all take the same choice: the built-in default model, the
-published weights (``--sd21 DIR --lora lora.pkl``) or a native checkpoint (``--checkpoint FILE``),
-with ``--config`` naming the shapes. Parsing and loading live here once so that every command
+published weights (``--sd21 DIR --lora lora.pkl``, shapes read from the folder's config.json files)
+or a native checkpoint (``--checkpoint FILE``); ``--config`` sizes the built-in model and checks
+the others. Parsing and loading live here once so that every command
 accepts the same flags, refuses the same mistakes with the same words, and labels its outputs alike.
 """
 
@@ -20,14 +21,16 @@ class WeightArgumentError(ValueError):
 def add_weight_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     *,
-    config_help: str = "model configuration: shapes for --sd21 (default sd21), a guard for --checkpoint, "
-                       "or the built-in model's size (default small)",
+    config_help: str = "model configuration: the built-in model's size (default small), or a check that "
+                       "--sd21/--checkpoint weights have exactly that configuration's sizes (sd21: the real "
+                       "release); --sd21 shapes are otherwise read from the folder",
     config_choices: bool = True,
 ) -> None:
     """Add ``--sd21``, ``--lora``, ``--checkpoint`` and ``--config`` to ``parser`` (or a group)."""
     from ..model.config import CONFIGS
 
-    parser.add_argument("--sd21", type=Path, help="Stable Diffusion 2.1-base folder (diffusers layout); needs --lora")
+    parser.add_argument("--sd21", type=Path, help="Stable-Diffusion-layout folder (diffusers: unet/, vae/, their "
+                        "config.json give the shapes), SD2.1-base for the real release; needs --lora")
     parser.add_argument("--lora", type=Path, help="the published MagicBokeh lora.pkl (LoRAs, injector, focus LoRA); needs --sd21")
     parser.add_argument("--checkpoint", type=Path, help="a native MagicBokeh checkpoint (.safetensors, `runtime_py convert`)")
     parser.add_argument("--config", default=None, choices=sorted(CONFIGS) if config_choices else None, help=config_help)

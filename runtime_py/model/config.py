@@ -102,7 +102,7 @@ CONFIGS: dict[str, MagicBokehConfig] = {
     # The built-in default model. Three departures from SD2.1's shape make it trainable from
     # nothing on a CPU in an hour (measured; see the README): a VAE that downsamples 4x with 16
     # latent channels and 4 GroupNorm groups (it starts as block means + bilinear upsampling,
-    # runtime_py.training.vae_init; SD's 8x VAE is the product of weeks of GPU training), the
+    # training.default_model.vae_init; SD's 8x VAE is the product of weeks of GPU training), the
     # UNet's attention one level coarser so that it runs on the same 64 / 32 / 16 token grids as
     # SD2.1's, and the one step taken at t = 50 instead of 999 (x0 = (z - 0.22 eps) / 0.98: the
     # UNet predicts a correction of the latent instead of reproducing it through a 15x gain).

@@ -39,7 +39,7 @@ def alpha_cumprod(config: MagicBokehConfig, timestep: int | None = None) -> floa
         return float(make_scheduler(config).alphas_cumprod[t])
 
 
-class TileStages:
+class OneStepTileModel:
     """encode / denoise / decode of one tile, shared by MagicBokeh and its distilled students.
 
     A subclass provides ``config``, ``vae``, ``unet``, the ``sqrt_alpha`` / ``sqrt_one_minus_alpha``
@@ -89,7 +89,7 @@ class TileStages:
         return self.decode(self.denoise(self.encode(rgb), defocus, in_focus))
 
 
-class MagicBokeh(TileStages, nn.Module):
+class MagicBokeh(OneStepTileModel, nn.Module):
     """One 512-px tile: ``rgb, defocus, in_focus -> rgb``, split into encode / denoise / decode."""
 
     def __init__(self, config: MagicBokehConfig | str = "small"):

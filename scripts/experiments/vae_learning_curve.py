@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.train_default import parse_overrides
     from runtime_py.model import build_model, get_config
     from runtime_py.scenes import generate_scene
-    from runtime_py.training.data import load_scene_pool
-    from runtime_py.training.evaluate import HELD_OUT_FIRST_SEED
-    from runtime_py.training.losses import ssim
+    from training.default_model.data import load_scene_pool
+    from training.default_model.evaluate import HELD_OUT_FIRST_SEED
+    from training.default_model.losses import ssim
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool-dir", type=Path, required=True, help="folder of scene pool shards (*.npz)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from benchmarks.compute import count_activations, component_compute, image_compute
 from benchmarks.devices import NOT_MEASURED, device_section
-from benchmarks.latency import BASELINE, time_callable
+from benchmarks.latency import BASELINE, measure_backend, tile_inputs, time_callable
 from benchmarks.memory import run_isolated
 from benchmarks.report import latency_section, plans_section, recommend, report_markdown
 from benchmarks.run import BenchmarkOptions, run_benchmark
@@ -179,33 +180,58 @@ def test_full_scale_results_are_validated(tmp_path: Path):
         BenchmarkOptions(config="tiny", quick=True, full_scale_results=tmp_path / "missing.json").resolved()
 
 
-def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
-    # Plans are tested above in-process; here only the baseline runs in a child process.
-    # The simulated HTP is asked for but --quick leaves it out (and so skips its export), saying so.
+ET_FP32 = "executorch-xnnpack-fp32"
+
+
+def test_quick_run_on_tiny_writes_the_report(tmp_path: Path, tiny_executorch_artifacts: Path):
+    # Two real backends, each timed in its own child process: the torch baseline and ExecuTorch
+    # XNNPACK fp32 (the session's tiny export, reused as --reuse-artifacts). Plans are tested above
+    # in-process. The simulated HTP and int8 are asked for but --quick leaves them out, saying so.
     full_scale_file = _fake_full_scale_file(tmp_path / "earlier")
-    options = BenchmarkOptions(out=tmp_path, config="tiny", quick=True, image_size=192, threads=1, plans=False,
-                               backends=(BASELINE, "qnn-htp-simulated-w8a16", "executorch-xnnpack-int8"),
-                               run_timeout_s=240, compare_sd21=False,
+    out = tmp_path / "run"
+    options = BenchmarkOptions(out=out, config="tiny", quick=True, image_size=192, threads=1, plans=False,
+                               backends=(BASELINE, ET_FP32, "qnn-htp-simulated-w8a16", "executorch-xnnpack-int8"),
+                               run_timeout_s=240, compare_sd21=False, reuse_artifacts=tiny_executorch_artifacts,
                                full_scale_results=full_scale_file, log=lambda _m: None)
     report = run_benchmark(options)
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((out / "report.json").read_text())
     for key in ("latency", "size", "memory", "compute", "photo", "tiling_plans", "devices", "full_scale",
                 "recommendation", "exports", "machine", "settings"):
         assert key in data, key
-    base = data["latency"]["backends"][BASELINE]
-    assert base["status"] == "measured"
+    backends = data["latency"]["backends"]
+    base, et = backends[BASELINE], backends[ET_FP32]
+    assert base["status"] == et["status"] == "measured"
     assert base["tile"]["median_vs_baseline"] == 1.0  # the baseline against itself, same run
-    assert all(base["components"][c]["median_s"] > 0 for c in ("encoder", "denoiser", "decoder"))
-    assert data["memory"][BASELINE]["peak_rss_bytes"] > 0
+    # Every ratio of the ExecuTorch run is ITS median over the BASELINE's, both measured in this run
+    # (each median recomputed from the run's own timed samples, so neither figure is taken on trust).
+    for c in ("encoder", "denoiser", "decoder"):
+        base_median = float(np.median(base["components"][c]["samples_s"]))
+        et_median = float(np.median(et["components"][c]["samples_s"]))
+        assert base_median > 0 and et_median > 0 and base_median != et_median, c
+        assert base["components"][c]["median_s"] == pytest.approx(base_median)
+        assert et["components"][c]["median_vs_baseline"] == pytest.approx(et_median / base_median), c
+        assert et["components"][c]["p90_vs_baseline"] == pytest.approx(
+            et["components"][c]["p90_s"] / base["components"][c]["p90_s"]), c
+    assert et["tile"]["median_vs_baseline"] == pytest.approx(et["tile"]["median_s"] / base["tile"]["median_s"])
+    assert et["tile"]["median_vs_baseline"] != 1.0
+    assert data["photo"]["backends"][ET_FP32]["host_seconds_vs_baseline"] == pytest.approx(
+        data["photo"]["backends"][ET_FP32]["host_seconds"] / data["photo"]["backends"][BASELINE]["host_seconds"])
+    # Parity against the same run's baseline outputs: XNNPACK fp32 differs from eager torch by
+    # float rounding only (summation order), far above the 60 dB the fp32 export tests require.
+    chain = et["tile_chain_parity_vs_baseline"]
+    assert not chain["identical"] and chain["psnr_db"] >= 60.0
+    assert all(et["components"][c]["parity_vs_baseline"]["psnr_db"] >= 60.0 for c in ("encoder", "denoiser", "decoder"))
+    assert data["memory"][BASELINE]["peak_rss_bytes"] > 0 and data["memory"][ET_FP32]["peak_rss_bytes"] > 0
     photo = data["photo"]
     assert photo["tiles"] == len(tile_boxes(192, 192, 128, 64))
     assert photo["backends"][BASELINE]["host_seconds_vs_baseline"] == 1.0
     assert data["tiling_plans"]["status"] == NOT_MEASURED and "--no-plans" in data["tiling_plans"]["reason"]
-    htp = data["latency"]["backends"]["qnn-htp-simulated-w8a16"]
+    htp = backends["qnn-htp-simulated-w8a16"]
     assert htp["status"] == NOT_MEASURED and htp["reason"].startswith("not run in --quick")
-    int8 = data["latency"]["backends"]["executorch-xnnpack-int8"]
+    int8 = backends["executorch-xnnpack-int8"]
     assert int8["status"] == NOT_MEASURED and int8["reason"].startswith("not run in --quick")
-    assert data["exports"] == {}  # nothing exported for a backend that was not run
+    assert list(data["exports"]) == [ET_FP32] and data["exports"][ET_FP32]["reused"]  # nothing else exported
+    assert data["size"][ET_FP32]["status"] == "measured" and data["size"][ET_FP32]["total_bytes"] > 0
     assert any("qnn-htp-simulated" in r["what"] for r in data["not_run_in_quick"])
     assert any("executorch-xnnpack-int8" in r["what"] for r in data["not_run_in_quick"])
     assert data["size"]["executorch-xnnpack-int8"]["reason"].startswith("not run in --quick")
@@ -215,13 +241,80 @@ def test_quick_run_on_tiny_writes_the_report(tmp_path: Path):
     assert not any("full-scale" in r["what"] for r in data["not_run_in_quick"])
     assert data["devices"]["qualcomm_ai_hub"]["status"] == NOT_MEASURED
     assert data["recommendation"]["plan"] is None and "not measured" in data["recommendation"]["plan_reason"]
-    markdown = (tmp_path / "report.md").read_text()
+    assert data["recommendation"]["precision"]["label"] == ET_FP32  # measured, and above the fp32 bar
+    markdown = (out / "report.md").read_text()
     assert "# MagicBokeh benchmark" in markdown and "Recommendation" in markdown and "not measured" in markdown
     assert "## Not run in --quick" in markdown and "merged from file" in markdown and str(full_scale_file.resolve()) in markdown
     assert "executorch-xnnpack-fp32: error: killed" in markdown  # a failed full-scale target keeps its error
     assert markdown == report_markdown(report)
-    assert (tmp_path / "latency.png").stat().st_size > 0
+    assert (out / "latency.png").stat().st_size > 0
     assert not any(isinstance(v, float) and math.isnan(v) for v in np.ravel([base["tile"]["median_s"]]))
+
+
+def _write_tile_inputs(path: Path) -> None:
+    """What run_benchmark does at the start of every run: write this run's tile inputs afresh."""
+    before = path.stat().st_mtime_ns if path.exists() else None
+    np.savez(path, **tile_inputs("tiny", 1))
+    if before is not None and path.stat().st_mtime_ns == before:  # a coarse clock: make the rewrite visible
+        os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def test_a_stale_baseline_reference_is_never_reused(tmp_path: Path, tiny_executorch_artifacts: Path, monkeypatch):
+    """A run whose baseline fails must not compare with the reference an earlier run left in --out."""
+    torch.set_num_threads(1)
+    work = tmp_path / "work"
+    work.mkdir()
+    inputs, reference = work / "tile_inputs.npz", work / "reference"
+    args = dict(config_name="tiny", inputs_path=str(inputs), reference_dir=str(reference), warmup=0, repeats=1,
+                whole_image_size=128, threads=1)
+    et_folder = str(tiny_executorch_artifacts / ET_FP32)
+
+    # Run 1: the baseline writes its outputs; the ExecuTorch run compares with them.
+    _write_tile_inputs(inputs)
+    measure_backend(BASELINE, artifacts=None, **args)
+    first = measure_backend(ET_FP32, artifacts=et_folder, **args)
+    assert first["tile_chain_parity_vs_baseline"]["psnr_db"] >= 60.0
+    assert first["whole_image"]["parity_vs_baseline"]["psnr_db"] >= 40.0
+    # Make run 1's reference recognisably wrong, so that reusing it could not go unnoticed.
+    with np.load(reference / "tiles.npz") as saved:
+        doctored = {k: saved[k] for k in saved.files}
+    doctored["out"] = doctored["out"] + 0.5
+    np.savez(reference / "tiles.npz", **doctored)
+
+    # Run 2 in the same folder: new inputs file, and the baseline never runs (killed before it started).
+    _write_tile_inputs(inputs)
+    second = measure_backend(ET_FP32, artifacts=et_folder, **args)
+    for name in ("encoder", "denoiser", "decoder"):
+        parity = second["components"][name]["parity_vs_baseline"]
+        assert parity["psnr_db"] is None and "another run" in parity["unavailable"], name
+    chain = second["tile_chain_parity_vs_baseline"]
+    assert chain["psnr_db"] is None and not chain["identical"] and "another run" in chain["unavailable"]
+    assert "another run" in second["whole_image"]["parity_vs_baseline"]["unavailable"]
+
+    # Run 3: the baseline starts but fails while loading; it must leave no reference behind.
+    _write_tile_inputs(inputs)
+
+    def broken_load(*_a, **_k):
+        raise RuntimeError("baseline failed")
+
+    monkeypatch.setattr("benchmarks.latency.load_backend", broken_load)
+    with pytest.raises(RuntimeError, match="baseline failed"):
+        measure_backend(BASELINE, artifacts=None, **args)
+    monkeypatch.undo()
+    assert not (reference / "tiles.npz").exists() and not list(reference.glob("whole_*"))
+    third = measure_backend(ET_FP32, artifacts=et_folder, **args)
+    assert "did not finish" in third["tile_chain_parity_vs_baseline"]["unavailable"]
+
+    # The report says "not measured" rather than a figure, and the recommendation does not count it.
+    runs = {BASELINE: {"status": "error", "error": "baseline failed", "seconds": 1.0, "peak_rss_bytes": None},
+            ET_FP32: {"status": "ok", "value": second, "error": None, "seconds": 1.0, "peak_rss_bytes": 1}}
+    section = latency_section(runs)
+    row = section["backends"][ET_FP32]
+    assert row["tile"]["median_vs_baseline"] is None
+    assert "another run" in row["tile_chain_parity_vs_baseline"]["unavailable"]
+    sizes = {ET_FP32: {"status": "measured", "total_bytes": 1000, "components": {}}}
+    rec = recommend({"status": NOT_MEASURED, "reason": "skipped"}, section, sizes)
+    assert rec["precision"] is None and "tile-chain PSNR unknown" in rec["precision_reason"]
 
 
 def test_sizes_per_backend_come_from_its_export():

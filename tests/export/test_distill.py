@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from runtime_py.distill.cost import count_flops
+from training.distill.cost import count_flops
 
 ROOT = Path(__file__).resolve().parents[2]
 

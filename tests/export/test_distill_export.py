@@ -10,7 +10,7 @@ def test_folded_student_goes_through_the_exporters_graph_preparation():
     # model, for both focus-attention realisations, and the exported graph must compute the same.
     from export.prepare import prepare_for_export
     from runtime_py.components import tile_components
-    from runtime_py.distill import build_student
+    from training.distill import build_student
 
     comps = tile_components(build_student("tiny-mobile", "folded", seed=0))
     for target in ("xnnpack", "qnn"):

@@ -15,6 +15,7 @@ from export.executorch_lowering import export_executorch
 from runtime_py.backends import get_backend
 from runtime_py.backends.torch_backend import TorchBackend
 from runtime_py.components import tile_components
+from runtime_py.memory import peak_rss_bytes
 from runtime_py.model import build_model, get_config
 from runtime_py.parity import ParityThresholds, psnr, run_parity
 from runtime_py.pipeline import render_image
@@ -66,7 +67,6 @@ def test_pipeline_renders_the_same_photo_through_executorch(exported):
 @pytest.mark.slow
 def test_sd21_scale_export_time_and_memory(tmp_path):
     """Full SD2.1-scale lowering (random weights): prints time and peak memory; fp32 parity on one tile."""
-    import resource
     import time
 
     import torch
@@ -76,7 +76,7 @@ def test_sd21_scale_export_time_and_memory(tmp_path):
     start = time.perf_counter()
     report = export_executorch(components, tmp_path / "sd21", recipe="xnnpack-fp32", config=config,
                                weights_sha256="22" * 32, progress=True)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak_gb = peak_rss_bytes() / 2**30
     print(f"sd21 xnnpack-fp32 export: {time.perf_counter() - start:.0f} s, peak RSS {peak_gb:.1f} GB, "
           f"sizes {[(r['component'], r['bytes']) for r in report.rows()]}")
     tested = get_backend("executorch").load(tmp_path / "sd21")

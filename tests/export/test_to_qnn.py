@@ -84,15 +84,71 @@ def test_onnx_export_matches_torch(artifacts: Path, components) -> None:
         assert psnr(reference, fp32[name](*inputs)) >= 60.0, name
 
 
+# What the HTP simulator (onnxruntime-qnn 2.7, SM8650) reproduces, measured as HTP vs CPU QDQ on
+# the same integer graph: at this micro size the tile components come back 9-14 dB from CPU QDQ
+# (8 x 8 latents and smaller: the simulator's own drift, see the "Open" note in
+# export/qnn_rewrites.py), while the depth component is at ~70 dB. At the tiny size (16 x 16
+# latents) the encoder is at ~71 dB and the decoder at ~58 dB on the components' example inputs,
+# and the encoder at 39.5-40+ dB on real tiles (test_tile_parity_on_the_htp_at_16x16);
+# the denoiser was not measured at that size (its drift at 8 x 8 is the note's open problem).
+# Parity is asserted where the simulator is faithful; elsewhere only that the graphs run.
+HTP_FAITHFUL_AT_MICRO = ("depth",)
+#: HTP vs CPU QDQ floor: both run the same integer graph, so only requantization rounding differs
+#: (measured 58-72 dB where the simulator is faithful); 40 dB is far below that and far above a
+#: broken lowering (a wrong layout, op or scale lands under 20 dB, like the drift above).
+HTP_VS_CPU_MIN_PSNR_DB = 40.0
+HTP_TINY_NAMES = ("encoder", "decoder")
+#: The same comparison on real photo tiles, whose activations leave the ranges a 2-tile calibration
+#: saw, where the HTP's saturation and rounding differ more from the CPU EP's (encoder measured
+#: 39.5 dB). 30 dB (Qualcomm's bar for a quantized component) is still 19 dB above the simulator's
+#: drift at 8 x 8 latents (11 dB), the failure this must catch.
+HTP_VS_CPU_MIN_PSNR_DB_REAL_TILES = 30.0
+
+
 def test_htp_runs_every_context_model(artifacts: Path, components) -> None:
-    # Closeness of the HTP to CPU QDQ is asserted in tests/runtime_py/test_onnxruntime_backend.py
-    # at a feature-map size where the simulator is exact; at this micro size (8x8 latents) the
-    # simulator itself drifts (see export/qnn_rewrites.py), so here: runs, right shape, finite.
     htp = get_backend("qnn-htp").load(artifacts)
+    cpu = get_backend("onnxruntime").load(artifacts)
     for name in ALL_NAMES:
         inputs = [t.numpy() for t in components[name].example_inputs(seed=4)]
         out = htp[name](*inputs)
         assert out.shape == tuple(components[name].output_specs()[0].shape) and np.isfinite(out).all(), name
+        if name in HTP_FAITHFUL_AT_MICRO:
+            assert psnr(cpu[name](*inputs), out) >= HTP_VS_CPU_MIN_PSNR_DB, name
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """W8A16 QDQ of the tiny model's encoder and decoder (no context binaries: the HTP backend
+    compiles the QDQ model when it loads it, still with CPU fallback disabled)."""
+    out = tmp_path_factory.mktemp("qnn-tiny") / "qnn-w8a16"
+    model = build_model("tiny", seed=0)
+    options = QnnOptions(recipe="w8a16", socs=("SM8650",), contexts=False,
+                         calibration=CalibrationSpec(num_scenes=1, max_tiles_per_image=2, seed=5))
+    export_qnn(tile_components(model), out, options=options, names=HTP_TINY_NAMES, config=model.config.to_dict(),
+               weights_sha256="0" * 64, model_label="tiny test model", parity=False, log=lambda *_: None)
+    return out
+
+
+def test_tile_parity_on_the_htp_at_16x16(tiny_artifacts: Path) -> None:
+    """Real tiles (scenes of another seed than the calibration's) through torch fp32, CPU QDQ and the
+    HTP; each component fed the fp32 chain's stage inputs."""
+    from runtime_py.backends.torch_backend import TorchBackend
+    from runtime_py.parity import run_split_parity
+    from runtime_py.samples import gather_samples
+
+    model = build_model("tiny", seed=0)
+    results = run_split_parity(TorchBackend().load(tile_components(model)),
+                               get_backend("onnxruntime").load(tiny_artifacts),
+                               get_backend("qnn-htp").load(tiny_artifacts),
+                               gather_samples(model.config, num_scenes=1, seed=99), config=model.config,
+                               max_tiles_per_image=2, end_to_end=False, total=False)
+    for name in HTP_TINY_NAMES:
+        backend = results["backend"].components[name]
+        assert backend["count"] == 2 and backend["psnr_db"] >= HTP_VS_CPU_MIN_PSNR_DB_REAL_TILES, (name, backend["psnr_db"])
+        assert backend["psnr_db"] < 1e3, (name, "HTP vs CPU bit-identical: is the HTP really running?")
+        # Quantization itself (calibrated on 2 tiles) is not what this checks; measured 27 dB for the
+        # decoder on these tiles. 20 dB only guards against comparing garbage (< 10 dB).
+        assert results["quantization"].components[name]["psnr_db"] >= 20.0, name
 
 
 # ~10-20 s of simulated HTP time: the issue's "renders a photo through the QNN HTP backend" check.
@@ -248,7 +304,7 @@ def test_sd21_denoiser_exports_with_external_data(tmp_path: Path) -> None:
     import time
 
     from export.onnx_export import external_data_path, export_onnx
-    from export.qnn_lowering import peak_rss_mib
+    from runtime_py.memory import peak_rss_mib
     from export.qnn_rewrites import rewrite_for_htp
 
     denoiser = tile_components(build_model("sd21", seed=0))["denoiser"]

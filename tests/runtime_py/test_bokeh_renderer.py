@@ -8,7 +8,6 @@ import pytest
 from runtime_py.bokeh_renderer import (
     BokehInputError,
     BokehSettings,
-    defocus_map,
     disk_kernel,
     gaussian_background_blur,
     render_bokeh,
@@ -118,7 +117,6 @@ def test_disk_kernel_and_radius_helpers():
     assert k.shape == (13, 13) and abs(k.sum() - 1.0) < 1e-6
     depth = np.array([[0.0, 0.5, 1.0]], np.float32)
     np.testing.assert_allclose(signed_blur_radius(depth, 0.5, 16), [[-8.0, 0.0, 8.0]])
-    np.testing.assert_allclose(defocus_map(depth, 0.5, 16), [[0.25, 0.0, 0.25]])
 
 
 def test_gaussian_baseline_keeps_in_focus_pixels():

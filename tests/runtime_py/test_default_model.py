@@ -71,3 +71,35 @@ def test_the_label_quotes_the_measured_held_out_figures(tmp_path):
     assert "not measured" in trained_description(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")
     assert "not measured" in trained_description(tmp_path / "bad.json")
+
+
+@pytest.mark.slow
+def test_a_held_out_card_figure_is_measured_again():
+    """The card's figures come from metrics.json; re-measure one of them from the shipped weights.
+
+    The first held-out 512-px scene is generated again from its seed and run through the default
+    model as the card's ``finish`` step did (the shipped fp16-rounded weights, float32 compute, one
+    thread). Tolerances: the scene's input figure is pure numpy on regenerated data, so it must
+    agree to 1e-6 dB (anything else means the scene generator or renderer changed and the card no
+    longer describes this code). The model figure differs only by float32 summation order between
+    machines and thread counts (~1e-4 dB at most on a 512 x 512 image); 0.01 dB is far above that and
+    far below what any change to the weights or the model's computation moves (tenths of a dB).
+    """
+    import json
+
+    from runtime_py.default_model import DEFAULT_METRICS, HELD_OUT_SET
+    from runtime_py.training.evaluate import evaluate_model
+
+    held = json.loads(DEFAULT_METRICS.read_text())["evaluation"][HELD_OUT_SET]
+    recorded = held["per_scene"][0]
+    model, _ = load_default_model()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary, _ = evaluate_model(model, [recorded["seed"]], held["size"], held["family"])
+    finally:
+        torch.set_num_threads(threads)
+    measured = summary["per_scene"][0]
+    assert (measured["aperture_k"], measured["focus"]) == (recorded["aperture_k"], recorded["focus"])
+    assert measured["input"]["psnr"] == pytest.approx(recorded["input"]["psnr"], abs=1e-6)
+    assert measured["model"]["psnr"] == pytest.approx(recorded["model"]["psnr"], abs=0.01)

@@ -1,8 +1,8 @@
 """The backend-agnostic parity runner, its report files, and the ``parity`` CLI's exit status.
 
-Backends here are torch models (the reference, an identical copy, and a copy with perturbed
-weights) so that the runner's logic is tested without paying for an export; the ExecuTorch
-artifacts themselves are checked in tests/export/test_to_executorch.py.
+The runner's logic is tested on torch models (the reference, an identical copy, and a copy with
+perturbed weights). The CLI runs on real artifacts: the session's tiny ExecuTorch export and a
+copy of it with one constant of the decoder changed inside its ``.pte``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_py.backends.base import register_backend
 from runtime_py.backends.torch_backend import TorchBackend
 from runtime_py.cli import main as cli_main
 from runtime_py.components import tile_components
@@ -103,6 +102,22 @@ def test_pooled_psnr_definition():
     assert psnr(ref, test) == pytest.approx(expected)
 
 
+def test_psnr_peak_is_stated_and_mask_selects():
+    ref = np.array([[0.5, 0.25], [0.0, 1.0]])
+    test = ref + np.array([[0.1, 0.0], [0.0, 0.0]])
+    # peak 1.0 (images in [0, 1]): 10 log10(1 / MSE)
+    assert psnr(ref, test, peak=1.0) == pytest.approx(10 * math.log10(1.0 / (0.1**2 / 4)))
+    # the default peak is max|ref| (here also 1.0) and 255 scales by 20 log10(255)
+    assert psnr(ref, test) == pytest.approx(psnr(ref, test, peak=1.0))
+    assert psnr(ref, test, peak=255.0) == pytest.approx(psnr(ref, test, peak=1.0) + 20 * math.log10(255.0))
+    mask = np.array([[False, True], [True, True]])  # leaves out the only differing pixel
+    assert psnr(ref, test, peak=1.0, mask=mask) == math.inf
+    assert psnr(ref, test, peak=1.0, mask=~mask) == pytest.approx(20.0)  # one pixel off by 0.1
+    assert math.isnan(psnr(ref, test, peak=1.0, mask=np.zeros_like(mask)))
+    with pytest.raises(ValueError, match="peak"):
+        psnr(ref, test, peak=0.0)
+
+
 def test_bad_inputs_are_clear(reference, samples):
     with pytest.raises(ValueError, match="at least one sample"):
         run_parity(reference, reference, [], config=CONFIG)
@@ -112,31 +127,12 @@ def test_bad_inputs_are_clear(reference, samples):
 
 # -- the CLI --------------------------------------------------------------------------------------
 
-class _TorchCopyBackend:
-    """A stand-in exported backend: 'loads' an artifacts folder by building a (perturbed) torch model.
-
-    The folder's manifest is real (files, hashes, config, weights hash), so the CLI's checks run.
-    """
-
-    name = "test-torch-copy"
-    scale = 0.0
-
-    def load(self, artifacts=None, components=None):
-        model = _perturbed(self.scale) if self.scale else build_model("tiny", seed=0)
-        fns = TorchBackend().load(tile_components(model))
-        return {n: fns[n] for n in (components or fns)}
-
-
-class _PerturbedBackend(_TorchCopyBackend):
-    name = "test-torch-perturbed"
-    scale = 1e-3
-
-
-register_backend(_TorchCopyBackend.name, _TorchCopyBackend)
-register_backend(_PerturbedBackend.name, _PerturbedBackend)
+ET_TARGET = "executorch-xnnpack-fp32"
 
 
 def _artifacts(folder: Path, backend: str, config_name: str = "tiny") -> Path:
+    """A folder with a real manifest (files, hashes, config, weights hash) and placeholder files,
+    for the checks the CLI makes before it loads anything."""
     from runtime_py.checkpoints import weights_sha256
 
     model = build_model(config_name, seed=0)
@@ -151,31 +147,66 @@ def _artifacts(folder: Path, backend: str, config_name: str = "tiny") -> Path:
     return folder
 
 
+def _perturb_the_decoder_output_bias(folder: Path, offset: float = 0.02) -> None:
+    """Shift the decoder's last bias (``conv_out.bias``, so nothing after it can normalise the change
+    away) by ``offset`` where it sits, as float32 bytes, inside decoder.pte, then rewrite the
+    manifest's hashes: what an exporter that wrote one wrong constant would leave behind."""
+    from runtime_py.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    pte = folder / manifest.components["decoder"].file
+    data = bytearray(pte.read_bytes())
+    bias = build_model("tiny", seed=0).vae.decoder.conv_out.bias.detach().numpy().astype("<f4")
+    needle = bias.tobytes()
+    at = data.find(needle)
+    assert at >= 0 and data.find(needle, at + 1) < 0, f"conv_out.bias is not stored once, verbatim, in {pte}"
+    data[at:at + len(needle)] = (bias + np.float32(offset)).astype("<f4").tobytes()
+    pte.write_bytes(bytes(data))
+    write_manifest(folder, read_manifest(folder, verify_files=False))
+
+
+@pytest.fixture(scope="module")
+def executorch_pair(tiny_executorch_artifacts: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The session's real tiny ExecuTorch export and a copy with one decoder constant changed."""
+    import shutil
+
+    clean = tiny_executorch_artifacts / ET_TARGET
+    perturbed = tmp_path_factory.mktemp("perturbed") / ET_TARGET
+    shutil.copytree(clean, perturbed)
+    _perturb_the_decoder_output_bias(perturbed)
+    return clean, perturbed
+
+
 def _run_cli(args: list[str]) -> int:
     return cli_main(["parity", "--num-scenes", "1", "--max-tiles", "1", *args])
 
 
-def test_cli_passes_and_writes_reports(tmp_path):
-    art = _artifacts(tmp_path / "copy", _TorchCopyBackend.name)
-    status = _run_cli(["--artifacts", str(art), "--min-psnr-component", "60", "--min-psnr-end-to-end", "60",
-                       "--min-ssim", "0.99"])
-    assert status == 0
-    data = json.loads((art / PARITY_JSON).read_text())
-    assert data["passed"] and data["components"]["denoiser"]["psnr_db"] == math.inf
-    assert (art / PARITY_MD).is_file()
+def test_cli_measures_real_artifacts_and_a_perturbed_copy(executorch_pair, tmp_path, capsys):
+    clean, perturbed = executorch_pair
+    thresholds = ["--min-psnr-component", "60", "--min-psnr-end-to-end", "40"]
+    assert _run_cli(["--artifacts", str(clean), "--out", str(tmp_path / "clean"), *thresholds]) == 0
+    good = json.loads((tmp_path / "clean" / PARITY_JSON).read_text())
+    assert good["passed"] and (tmp_path / "clean" / PARITY_MD).is_file()
+    # XNNPACK fp32 against eager torch: float rounding only (the 60 dB fp32 bar), never bit-identical.
+    for name in ("encoder", "denoiser", "decoder"):
+        assert 60.0 <= good["components"][name]["psnr_db"] < math.inf, name
+    capsys.readouterr()
 
-
-def test_cli_exits_non_zero_when_a_threshold_is_missed(tmp_path, capsys):
-    art = _artifacts(tmp_path / "perturbed", _PerturbedBackend.name)
-    status = _run_cli(["--artifacts", str(art), "--min-psnr-component", "200", "--no-end-to-end",
-                       "--out", str(tmp_path / "out")])
-    assert status == 1
-    assert "threshold missed: component" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / PARITY_JSON).read_text())["passed"] is False
+    status = _run_cli(["--artifacts", str(perturbed), "--out", str(tmp_path / "perturbed"), *thresholds])
+    bad = json.loads((tmp_path / "perturbed" / PARITY_JSON).read_text())
+    err = capsys.readouterr().err
+    assert status == 1 and bad["passed"] is False and "threshold missed: component decoder" in err
+    # Only the decoder's file changed: the other components' figures are the clean run's exactly
+    # (same inputs, same programs). A 0.02 shift of an output in [-1, 1] is an error of about
+    # 20 * log10(1 / 0.02) = 34 dB (less where the output clips), far below the clean figure.
+    for name in ("encoder", "denoiser"):
+        assert bad["components"][name]["psnr_db"] == good["components"][name]["psnr_db"], name
+    assert bad["components"]["decoder"]["psnr_db"] < min(40.0, good["components"]["decoder"]["psnr_db"] - 20.0)
+    assert bad["end_to_end"]["psnr_db"] < good["end_to_end"]["psnr_db"]
 
 
 def test_cli_refuses_artifacts_of_another_model(tmp_path, capsys):
-    art = _artifacts(tmp_path / "copy", _TorchCopyBackend.name)
+    art = _artifacts(tmp_path / "copy", "executorch")
     status = _run_cli(["--artifacts", str(art), "--config", "small"])
     assert status == 2
     assert "exported from config 'tiny'" in capsys.readouterr().err

@@ -10,17 +10,12 @@ from runtime_py.backends import get_backend
 from runtime_py.components import tile_components
 from runtime_py.images import InputError
 from runtime_py.model import build_model
+from runtime_py.contract import FocusMask, FocusPoint, FocusValue, defocus_maps, depth_to_u8, resolve_focus
 from runtime_py.pipeline import (
-    FocusMask,
-    FocusPoint,
-    FocusValue,
     colour_fix,
-    defocus_maps,
-    depth_to_u8,
     image_to_model_range,
     model_range_to_u8,
     render_image,
-    resolve_focus,
     run_tile_stages,
 )
 

@@ -7,7 +7,7 @@ import pytest
 
 from runtime_py.bokeh_renderer import render_bokeh
 from runtime_py.scenes import SCENE_FAMILIES, SceneError, degrade_digital_zoom, generate_scene, pink_noise
-from runtime_py.training.losses import psnr
+from runtime_py.parity import psnr
 
 SIZE = 96  # small enough for a fast test, large enough for text, lines and a subject
 
@@ -56,7 +56,7 @@ def test_scene_has_depth_layers_and_occlusion():
 
 def test_degradation_is_visible_but_keeps_the_content():
     scene = generate_scene(5, SIZE)
-    value = psnr(scene.degraded, scene.clean)
+    value = psnr(scene.clean, scene.degraded, peak=1.0)
     # A 2-4x zoom with noise and JPEG loses detail (well below 40 dB) but keeps the picture
     # (above 12 dB, far above unrelated images).
     assert 12.0 < value < 40.0

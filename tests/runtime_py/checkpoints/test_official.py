@@ -119,12 +119,11 @@ def test_loaded_model_is_plain(official) -> None:
     assert report.merged_modules["unet"] > 0 and report.merged_modules["vae"] > 0
 
 
-def test_variants_legacy_format_duplicated_processor_keys_and_focus_rank(tmp_path: Path) -> None:
-    """Legacy (non-zip) torch.save, focus tensors repeated in state_dict_unet, a focus rank that
-    differs from the config's (taken from the checkpoint)."""
+def test_variants_duplicated_processor_keys_and_focus_rank(tmp_path: Path) -> None:
+    """Focus tensors repeated in state_dict_unet, a focus rank that differs from the config's
+    (taken from the checkpoint)."""
     checkpoint = write_official_checkpoint(
-        tmp_path, "tiny", seed=3, unet_rank=2, vae_rank=5, focus_rank=3,
-        legacy_format=True, processor_keys_in_unet_dict=True,
+        tmp_path, "tiny", seed=3, unet_rank=2, vae_rank=5, focus_rank=3, processor_keys_in_unet_dict=True,
     )
     model, report = load_official_with_report(checkpoint.sd21_dir, checkpoint.lora_pkl, "tiny")
     assert model.config.focus_rank == 3 and report.focus_rank == 3
@@ -139,6 +138,14 @@ def test_variants_legacy_format_duplicated_processor_keys_and_focus_rank(tmp_pat
 
 
 # -- errors -----------------------------------------------------------------------------------
+def test_legacy_format_is_refused_unread(tmp_path: Path) -> None:
+    """A legacy (non-zip) torch.save stream is a pickle stream the loader never interprets."""
+    checkpoint = write_official_checkpoint(tmp_path, "tiny", seed=3, legacy_format=True)
+    with pytest.raises(CorruptCheckpointError, match="legacy torch.save stream") as info:
+        load_official(checkpoint.sd21_dir, checkpoint.lora_pkl, "tiny")
+    assert "\n" not in str(info.value)
+
+
 def _save_variant(official, path: Path, **changes) -> Path:
     """lora.pkl with some fields replaced/removed (controlnet stored as a state dict)."""
     checkpoint = official[0]
@@ -172,9 +179,11 @@ def test_extra_injector_tensors_are_reported(official, tmp_path: Path) -> None:
     assert any("controlnet_mid_block" in str(w.message) for w in caught)
 
 
-def test_wrong_config_names_tensor_and_shapes(official) -> None:
+def test_wrong_config_names_the_field(official) -> None:
+    """A named config is checked against the folder's config.json before any tensor is read."""
     checkpoint = official[0]
-    with pytest.raises(CheckpointMismatchError, match=r"tensor unet\.\S+ has shape \(\d+.*expects \(\d+"):
+    with pytest.raises(CheckpointMismatchError, match=r"is not the 'small' configuration: block_out_channels is "
+                                                      r"\(16, 32, 32, 32\) \(unet/config\.json block_out_channels\)"):
         load_official(checkpoint.sd21_dir, checkpoint.lora_pkl, "small")
 
 
@@ -286,7 +295,7 @@ def test_old_vae_attention_names_and_bin_weights(official, tmp_path: Path) -> No
         renamed[key] = tensor
     assert any(".query." in k for k in renamed)
     save_file(renamed, str(vae_file))
-    # ... and a UNet stored as diffusion_pytorch_model.bin (read with torch's weights_only loader).
+    # ... and a UNet stored as diffusion_pytorch_model.bin (read by the checked torch.save archive reader).
     unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(str(unet_file)), unet_file.with_suffix(".bin"))
     unet_file.unlink()

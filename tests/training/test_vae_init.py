@@ -1,0 +1,71 @@
+"""The analytic VAE start (training.default_model.vae_init) is the autoencoder it claims to be."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime_py.model import get_config
+from runtime_py.model.vae import build_vae, decode, encode_mean
+from runtime_py.scenes import generate_scene
+from training.default_model.vae_init import LATENT_GAIN, VaeInitError, init_vae_as_autoencoder
+
+# tiny's UNet and tile with a 4x VAE laid out like the default model's (4 GroupNorm groups).
+CONFIG = get_config("tiny").replace(vae_block_out_channels=(16, 16, 16), vae_norm_num_groups=4, latent_channels=4)
+
+
+def _degraded(seeds, size: int) -> torch.Tensor:
+    images = np.stack([generate_scene(s, size, "dead_leaves").degraded for s in seeds])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:  # images in [-1, 1]
+    return 10 * math.log10(4.0 / float(((a - b) ** 2).mean()))
+
+
+def test_analytic_vae_is_block_means_and_bilinear_upsampling_on_unseen_images():
+    torch.manual_seed(0)
+    vae = build_vae(CONFIG)
+    init_vae_as_autoencoder(vae, CONFIG.latent_scale, _degraded(range(8), 128))
+    x = _degraded([100, 101], 128)  # not among the readout-fitting images
+    with torch.no_grad():
+        z = encode_mean(vae, x) * CONFIG.latent_scale
+        out = decode(vae, z / CONFIG.latent_scale)
+    means = F.avg_pool2d(x, 4)
+    # Encoder: latent channels 0-2 are the 4 x 4 block means times the gain (measured max error
+    # 0.023, 0.4 % of the gain: GroupNorm's per-image standard deviation is what is left), the
+    # rest start at zero.
+    assert (z[:, :3] - LATENT_GAIN * means).abs().max() < 0.05
+    assert z[:, 3:].abs().max() == 0
+    # Decoder: bilinear upsampling of those means (measured 33.5 dB against F.interpolate; the
+    # gap is mostly the zero padding at the border), so the whole autoencoder reconstructs the
+    # smooth, degraded inputs nearly as well as the exact pool + bilinear pair (29.6 vs 32.3 dB).
+    reference = F.interpolate(means, scale_factor=4, mode="bilinear", align_corners=False)
+    assert _psnr(out, reference) > 30.0
+    assert _psnr(out, x) > _psnr(reference, x) - 3.0
+    assert _psnr(out, x) > 25.0
+    # Per-channel symmetric int8 weights (what W8 deployments store) leave it intact: every
+    # readout is a single weight per output channel, which int8 represents exactly (measured
+    # 52 dB against the float32 autoencoder).
+    with torch.no_grad():
+        for conv in vae.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                step = conv.weight.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) / 127
+                conv.weight.copy_((conv.weight / step).round().clamp(-127, 127) * step)
+        quantized = decode(vae, encode_mean(vae, x))
+    assert _psnr(quantized, out) > 40.0
+
+
+def test_layouts_without_room_for_the_anchors_and_bad_images_are_clear_errors():
+    tiny = get_config("tiny")  # its finest VAE level has 8 channels: no room for channels 8 and 9
+    with pytest.raises(VaeInitError, match="needs more than 9 channels"):
+        init_vae_as_autoencoder(build_vae(tiny), tiny.latent_scale, _degraded([0], 64))
+    crowded = CONFIG.replace(vae_norm_num_groups=8)  # groups of 2 channels: no room for two anchors
+    with pytest.raises(VaeInitError, match="no room for two anchor channels"):
+        init_vae_as_autoencoder(build_vae(crowded), crowded.latent_scale, _degraded([0], 64))
+    with pytest.raises(VaeInitError, match="multiples of 4"):
+        init_vae_as_autoencoder(build_vae(CONFIG), CONFIG.latent_scale, torch.zeros(1, 3, 30, 30))
