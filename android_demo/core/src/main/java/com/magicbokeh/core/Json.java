@@ -49,9 +49,14 @@ public final class Json {
         }
     }
 
+    /** Deeper nesting is refused (no real manifest or golden nests more than a few levels). */
+    private static final int MAX_DEPTH = 64;
+    private int depth;
+
     private Object readValue() {
         if (pos >= text.length()) throw error("unexpected end of text");
         char c = text.charAt(pos);
+        if ((c == '{' || c == '[') && ++depth > MAX_DEPTH) throw error("nested deeper than " + MAX_DEPTH + " levels");
         switch (c) {
             case '{': return readObject();
             case '[': return readArray();
@@ -76,6 +81,7 @@ public final class Json {
         skipSpace();
         if (peek() == '}') {
             pos++;
+            depth--;
             return map;
         }
         while (true) {
@@ -90,7 +96,10 @@ public final class Json {
             skipSpace();
             char c = peek();
             pos++;
-            if (c == '}') return map;
+            if (c == '}') {
+                depth--;
+                return map;
+            }
             if (c != ',') throw error("expected ',' or '}'");
         }
     }
@@ -101,6 +110,7 @@ public final class Json {
         skipSpace();
         if (peek() == ']') {
             pos++;
+            depth--;
             return list;
         }
         while (true) {
@@ -109,7 +119,10 @@ public final class Json {
             skipSpace();
             char c = peek();
             pos++;
-            if (c == ']') return list;
+            if (c == ']') {
+                depth--;
+                return list;
+            }
             if (c != ',') throw error("expected ',' or ']'");
         }
     }

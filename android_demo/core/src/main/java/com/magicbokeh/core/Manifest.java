@@ -24,6 +24,8 @@ public final class Manifest {
     public static final String SCHEMA = "magicbokeh-artifacts";
     public static final int SCHEMA_VERSION = 1;
     public static final String FILE_NAME = "manifest.json";
+    /** A manifest is a few KB; the cap (the Python reader's) bounds what parsing may cost. */
+    public static final long MAX_MANIFEST_BYTES = 4L << 20;
 
     /** One tensor of a component's signature. */
     public static final class TensorSpec {
@@ -105,6 +107,11 @@ public final class Manifest {
         }
         byte[] bytes;
         try {
+            long size = Files.size(file);
+            if (size > MAX_MANIFEST_BYTES) {
+                throw new ManifestException(file + " is " + size + " bytes, more than the " + MAX_MANIFEST_BYTES
+                        + " a manifest may have");
+            }
             bytes = Files.readAllBytes(file);
         } catch (IOException ex) {
             throw new ManifestException("cannot read " + file + ": " + ex.getMessage());

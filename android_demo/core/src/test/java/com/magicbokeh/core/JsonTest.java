@@ -34,5 +34,9 @@ class JsonTest {
         assertTrue(ex.getMessage().contains("line 2"), ex.getMessage());
         assertThrows(IllegalArgumentException.class, () -> Json.parse("{\"a\": 1} x"));
         assertThrows(IllegalArgumentException.class, () -> Json.parse("\"open"));
+        IllegalArgumentException deep = assertThrows(IllegalArgumentException.class,
+                () -> Json.parse("[".repeat(100_000) + "]".repeat(100_000)));
+        assertTrue(deep.getMessage().contains("nested deeper"), deep.getMessage());
+        assertEquals(1L, Json.array(Json.parse("[".repeat(60) + "1" + "]".repeat(60)), "x").size());
     }
 }
