@@ -24,14 +24,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .recipes import QuantRecipe, get_recipe
+from .recipes import QuantizationError, QuantRecipe, get_recipe
 
 #: Operators the backwards walk from the denoiser's output passes through to reach ``eps``.
 _X0_STEP_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
-
-
-class QuantizationError(RuntimeError):
-    """Quantization could not be set up or run; the message names the component and the reason."""
 
 
 @dataclass
@@ -176,7 +172,7 @@ def quantize_qdq(
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    if not recipe.needs_calibration:
+    if recipe.activation_bits is None:
         raise QuantizationError(f"recipe {recipe.name!r} has float activations; the HTP path needs a W8A8 or W8A16 recipe")
     if len(samples) == 0:
         raise QuantizationError(f"component {component!r}: no calibration samples given")
