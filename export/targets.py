@@ -171,7 +171,12 @@ class Target:
 
     def thresholds(self) -> dict[str, dict[str, float | None]]:
         """This target's parity bars: ``{"parity": {...}}`` or ``{"quantization": {...}, "backend": {...}}``."""
-        return numerics(self.family)[self.name]
+        return {k: v for k, v in numerics(self.family)[self.name].items() if k != "benchmark"}
+
+    @property
+    def tile_chain_bar(self) -> float | None:
+        """The tile-chain PSNR (dB, against torch fp32) the benchmark's recommendation asks of it (None: none)."""
+        return numerics(self.family)[self.name].get("benchmark", {}).get("min_psnr_tile_chain")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "version": self.VERSION, "name": self.name, "backend": self.backend,
