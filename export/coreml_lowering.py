@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from export.coreml_ane import ane_attention
-from export.coreml_settings import COMPUTE_UNITS, DEFAULT_CHUNK_BYTES, DEPLOYMENT_TARGETS, Options  # noqa: F401
+from export.coreml_settings import COMPUTE_UNITS, Options  # noqa: F401  (Options: the flow builds it from here)
 from export.prepare import ExportError, focus_implementation, prepare_component, static_example_inputs
 from runtime_py.components import Component
 from runtime_py.manifest import ComponentEntry

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from export.targets import ALL_COMPONENTS, FAMILIES, STEPS, Target, VerifySpec, get_target
+from export.targets import ALL_COMPONENTS, FAMILIES, STEPS, TILE, Target, VerifySpec, get_target
 from quantize.recipes import CalibrationSpec
 
 Log = Callable[[str], None]
@@ -53,7 +53,7 @@ class LowerJob:
     """What a family's ``lower`` gets."""
 
     target: Target
-    components: Mapping[str, Any]
+    components: Mapping[str, Any]  # every component prepared (the reference chain); lower ``names``
     names: list[str]
     folder: Path  # the staging folder; files go here, paths in entries are relative to it
     calibration: Any  # quantize.calibration.CalibrationSet or None
@@ -202,15 +202,17 @@ class _Steps:
 
 
 def prepare_components(model: Any, names: Sequence[str], depth_checkpoint: Path | str | None = None) -> dict[str, Any]:
-    """The deployable components ``names`` of ``model`` (or of a mapping of components already built)."""
+    """The components ``names`` plus the whole tile chain of ``model`` (a model, or a mapping of its
+    components already built): calibration and parity feed each tile component the fp32 chain's
+    own stage inputs, so the reference needs every tile component even when fewer are lowered."""
     if isinstance(model, Mapping):
         missing = [n for n in names if n not in model]
         if missing:
             raise ValueError(f"unknown components {missing}; available: {sorted(model)}")
-        return {n: model[n] for n in names}
+        return dict(model)
     from runtime_py.components import export_components
 
-    return export_components(model, names, depth_checkpoint)
+    return export_components(model, list(dict.fromkeys([*TILE, *names])), depth_checkpoint)
 
 
 def export_target(
@@ -245,7 +247,7 @@ def export_target(
 
     def prepare() -> tuple[dict[str, Any], Any, str]:
         components = prepare_components(model, names, settings.depth_checkpoint)
-        config = next(iter(components.values())).config
+        config = components[names[0]].config
         digest = weights_sha256
         if digest is None:
             if isinstance(model, Mapping):

@@ -30,7 +30,7 @@ from runtime_py.backends.onnxruntime_backend import DEFAULT_SOC, SOCS, HtpLoadEr
 from runtime_py.components import Component
 from runtime_py.manifest import ComponentEntry
 
-from .onnx_export import DEFAULT_OPSET, export_onnx, model_bytes
+from .onnx_export import DEFAULT_OPSET, export_onnx
 from .prepare import ExportError
 from .qnn_rewrites import rewrite_for_htp
 
@@ -181,7 +181,7 @@ def run_split_parity(
     from runtime_py.parity import run_split_parity as split, write_split_parity_report
 
     started = time.perf_counter()
-    reference = {n: MemoisedFn(wrap_component(components[n])) for n in names}
+    reference = {n: MemoisedFn(wrap_component(c)) for n, c in components.items()}  # the whole fp32 chain
     cpu = {n: MemoisedFn(fn) for n, fn in OnnxRuntimeBackend("qdq").load(folder, tuple(names)).items()}
     device = {n: MemoisedFn(fn) for n, fn in QnnHtpBackend(soc).load(folder, tuple(names)).items()}
     results = split(reference, cpu, device, samples, config=config, max_tiles_per_image=max_tiles,

@@ -26,6 +26,10 @@ def test_registry_is_sound() -> None:
         assert resolve_steps(target) == list(target.steps)
         assert target.thresholds()  # every target has bars (possibly "reported only") in its family's file
         assert target_for(target.family, target.recipe.name) is target
+    from export.prepare import focus_implementation_for
+
+    for target in TARGETS.values():  # every lowering recipe names a graph variant export/prepare.py knows
+        assert focus_implementation_for(target.recipe.lowering.graph) in ("bias", "split")
 
 
 def test_the_six_old_lists_are_one_registry() -> None:
