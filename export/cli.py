@@ -25,12 +25,16 @@ DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_RECIPES = {"executorch": "xnnpack-fp32", "coreml": "fp16", "qnn": "w8a16"}
 
 
-def export_parser(family: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """The shared flags of a family's exporter; the caller adds its lowering flags to the result."""
+def export_parser(family: str, doc: str) -> argparse.ArgumentParser:
+    """The shared flags of a family's exporter; the caller adds its lowering flags to the result.
+
+    ``doc`` is the CLI's docstring: its first paragraph describes, the rest is the epilog.
+    """
     from runtime_py.checkpoints.weight_args import add_weight_arguments
 
     targets = family_targets(family)
     default = DEFAULT_RECIPES[family]
+    description, _, epilog = doc.partition("\n\n")
     parser = argparse.ArgumentParser(prog=f"python {FAMILIES[family]['cli']}", description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     recipes = "; ".join(f"{name}: {t.recipe.lowering.description} (target {t.name})" for name, t in targets.items())

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from quantize.recipes import QuantRecipe, check_version, get_recipe, versioned_dict
+from quantize.recipes import QuantRecipe, Versioned, check_version, get_recipe, versioned_dict
 
 #: The export flow's steps, in order (``export.flow``).
 STEPS = ("prepare", "quantize", "lower", "package", "verify")
@@ -44,7 +44,7 @@ NUMERICS_DIR = Path(__file__).resolve().parent / "numerics"
 
 
 @dataclass(frozen=True)
-class LoweringRecipe:
+class LoweringRecipe(Versioned):
     """The lowering part of a recipe: which family lowers it, with which delegate and graph.
 
     ``graph`` is the ``export/prepare.py`` variant (focus-attention realisation and rewrites);
@@ -81,7 +81,7 @@ class LoweringRecipe:
 
 
 @dataclass(frozen=True)
-class ExportRecipe:
+class ExportRecipe(Versioned):
     """A quantization part plus a lowering part (the shape of ExecuTorch's ``ExportRecipe``)."""
 
     VERSION: ClassVar[int] = 1
@@ -106,7 +106,7 @@ class ExportRecipe:
 
 
 @dataclass(frozen=True)
-class VerifySpec:
+class VerifySpec(Versioned):
     """How much the verify step (parity against the fp32 torch reference) measures by default.
 
     ``scene_size`` None: 1.5 tiles square (4 overlapping tiles); ``"tile"``: one-tile scenes.
@@ -120,16 +120,9 @@ class VerifySpec:
     seed: int = 1234
     images_dir: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return versioned_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VerifySpec":
-        return cls(**check_version(cls, data))
-
 
 @dataclass(frozen=True)
-class Target:
+class Target(Versioned):
     """One deployment target (see the module docstring)."""
 
     VERSION: ClassVar[int] = 1

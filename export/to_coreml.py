@@ -29,7 +29,7 @@ FAMILY = "coreml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = export_parser(FAMILY, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser = export_parser(FAMILY, __doc__)
     low = parser.add_argument_group("Core ML lowering")
     low.add_argument("--deployment-target", choices=DEPLOYMENT_TARGETS, default=None,
                      help="minimum OS the packages load on (default: the target's, iOS17)")

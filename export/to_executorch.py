@@ -26,7 +26,7 @@ FAMILY = "executorch"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = export_parser(FAMILY, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser = export_parser(FAMILY, __doc__)
     low = parser.add_argument_group("ExecuTorch lowering")
     low.add_argument("--focus", choices=["bias", "split"], default=None,
                      help="focus-attention realisation (default: the target's graph variant, export/prepare.py)")

@@ -36,7 +36,7 @@ SOC_HELP = ", ".join(f"{key} = {value['name']}" for key, value in SOCS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = export_parser(FAMILY, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser = export_parser(FAMILY, __doc__)
     low = parser.add_argument_group("QNN lowering")
     low.add_argument("--soc", nargs="+", default=None, metavar="SOC",
                      help=f"space-separated Snapdragon SoCs to precompile for, or 'all' ({SOC_HELP}; default {DEFAULT_SOC})")

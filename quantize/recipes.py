@@ -54,8 +54,21 @@ def check_version(cls: type[T], data: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+class Versioned:
+    """``to_dict`` / ``from_dict`` for a flat versioned dataclass (subclasses with nested parts override them)."""
+
+    VERSION: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return versioned_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return cls(**check_version(cls, data))
+
+
 @dataclass(frozen=True)
-class CalibrationSpec:
+class CalibrationSpec(Versioned):
     """Which real inputs calibrate activation ranges (see ``quantize/calibration.py``)."""
 
     VERSION: ClassVar[int] = 1
@@ -70,13 +83,6 @@ class CalibrationSpec:
     #: 30-37 dB from 4, 36-44 dB from 16; test-size network, 70-px input).
     depth_images: int = 16
 
-    def to_dict(self) -> dict[str, Any]:
-        return versioned_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CalibrationSpec":
-        return cls(**check_version(cls, data))
-
 
 #: How a recipe's weights are stored: ``linear`` (scale + zero point), ``palettize`` (a k-means
 #: look-up table per tensor) or ``palettize-mixed`` (per-layer table sizes from measured sensitivity).
@@ -84,7 +90,7 @@ WEIGHT_METHODS = ("linear", "palettize", "palettize-mixed")
 
 
 @dataclass(frozen=True)
-class QuantRecipe:
+class QuantRecipe(Versioned):
     """One precision recipe: the quantization part of a deployment target.
 
     ``weight_bits``/``activation_bits`` None mean float (in ``float_dtype``). ``keep_float`` lists
