@@ -266,3 +266,19 @@ def test_sd21_denoiser_exports_with_external_data(tmp_path: Path) -> None:
           f"{result.bytes / 2**30:.2f} GiB, {report.nodes_after} nodes, peak RSS {peak_rss_mib():.0f} MiB")
     assert result.external_data and external_data_path(result.path).stat().st_size > 2**31
     assert external_data_path(tmp_path / "denoiser.fp32.onnx").exists()
+
+
+def test_onnx_fp32_target_is_the_routes_float_stage(tmp_path: Path, components) -> None:
+    """The registry's onnx-fp32 target: the same lowering without quantization or contexts, verified on
+    ONNX Runtime's CPU EP against torch (fp32 on both sides: only operator order differs)."""
+    from export.targets import VerifySpec
+
+    settings = ExportSettings(components=("decoder",),
+                              verify=VerifySpec(num_scenes=1, max_tiles_per_image=1, scene_size=96, seed=3))
+    result = export_target("onnx-fp32", components, tmp_path / "onnx", settings=settings, weights_sha256="0" * 64,
+                           log=lambda *_: None)
+    entry = result.manifest.components["decoder"]
+    assert entry.file == entry.extra["fp32_file"] == "decoder.fp32.onnx" and entry.extra["context_files"] == {}
+    assert result.manifest.precision == "fp32" and result.steps["quantize"].status == "skipped"
+    assert result.verify.executed_by == "onnxruntime-fp32" and result.passed is not False
+    assert result.components["decoder"].parity["psnr_db"] >= 60.0, result.components["decoder"].parity
