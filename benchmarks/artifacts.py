@@ -1,40 +1,26 @@
-"""Produce the artifacts a benchmark measures, by calling the exporters' LIBRARY functions.
+"""Produce the artifacts a benchmark measures: any registry target (``export/targets.py``) through
+the one export flow (``export.flow.export_target``), into ``<work>/<target>/``.
 
-Each target is one exporter call into ``<work>/<target>/`` (run in its own process by the caller,
-so its time and peak memory are its own). Targets:
-
-* ``executorch-xnnpack-fp32`` / ``executorch-xnnpack-int8``: ``export.executorch_lowering.export_executorch``
-  (int8 calibrated on real tiles from ``quantize.calibration``);
-* ``qnn-w8a16``: ``export.qnn_lowering.export_qnn``: fp32 ONNX + QDQ ONNX + an HTP context binary;
-  the ``onnxruntime-fp32``, ``onnxruntime`` (QDQ) and ``qnn-htp`` backends all load this folder;
-* ``onnx-fp32``: ``export.onnx_export.export_onnx`` only (the full-scale ONNX check: no quantization);
-* ``coreml-fp16``: ``export.coreml_lowering.export_coreml``.
+Each export runs in its own process (the caller's ``benchmarks.memory.run_isolated``), so its time
+and peak memory are its own. The benchmark skips the flow's verify step: it measures parity itself,
+against the torch baseline of the same run, on the same tiles for every backend. The ``qnn-w8a16``
+folder is loaded by three backend runs (``onnxruntime-fp32``, ``onnxruntime`` QDQ and ``qnn-htp``).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from runtime_py.components import TILE_COMPONENTS
-
-EXPORT_TARGETS = ("executorch-xnnpack-fp32", "executorch-xnnpack-int8", "qnn-w8a16", "onnx-fp32", "coreml-fp16")
-
 
 def benchmark_model(config_name: str):
     """The model every run of one benchmark uses: the default model at ``config_name`` (seeded)."""
     from runtime_py.default_model import load_default_model
 
     return load_default_model(config_name)
-
-
-def _calibration(components: Any, config: Any, scenes: int, tiles: int):
-    from quantize.calibration import build_calibration_set
-    from quantize.recipes import CalibrationSpec
-
-    return build_calibration_set(components, config, CalibrationSpec(num_scenes=scenes, max_tiles_per_image=tiles),
-                                 components=TILE_COMPONENTS)
 
 
 def artifact_sizes(folder: Path | str) -> dict[str, Any]:
@@ -83,64 +69,32 @@ def _data_bytes(path: Path) -> int:
     return data.stat().st_size if data.exists() else 0
 
 
-def export_target(target: str, config_name: str, out_dir: str, calibration_scenes: int = 1,
-                  calibration_tiles: int = 2, threads: int | None = None, contexts: bool = True) -> dict[str, Any]:
-    """Export the tile components of the benchmark model for ``target`` into ``out_dir``.
+def export_for_benchmark(target: str, config_name: str, out_dir: str, calibration_scenes: int = 1,
+                         calibration_tiles: int = 2, threads: int | None = None, contexts: bool = True) -> dict[str, Any]:
+    """Export the tile components of the benchmark model for registry ``target`` into ``out_dir``.
 
-    Returns seconds per stage and the artifact sizes; raises on failure (the caller records it).
-    ``contexts=False`` skips precompiling the QNN context binary (the HTP then compiles the QDQ model
+    Returns seconds per step and the artifact sizes; raises on failure (the caller records it).
+    ``contexts=False`` skips precompiling QNN context binaries (the HTP then compiles the QDQ model
     when it loads it, inside its own timed run).
     """
-    if target not in EXPORT_TARGETS:
-        raise ValueError(f"unknown export target {target!r}; choose one of {EXPORT_TARGETS}")
-    from runtime_py.checkpoints import weights_sha256
-    from runtime_py.components import tile_components
+    from export.flow import ExportSettings, export_target
+    from export.targets import get_target
 
+    spec = get_target(target)
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     started = time.perf_counter()
     model, label = benchmark_model(config_name)
-    components = tile_components(model)
-    config = model.config
-    digest = weights_sha256(model)
     build_seconds = time.perf_counter() - started
-    out = Path(out_dir)
-    start = time.perf_counter()
-    if target.startswith("executorch-"):
-        from export.executorch_lowering import export_executorch
-
-        recipe = target.removeprefix("executorch-")
-        calibration = None
-        if recipe.endswith("int8"):
-            calibration = _calibration(components, config, calibration_scenes, calibration_tiles).as_torch()
-        export_executorch(components, out, recipe=recipe, config=config, weights_sha256=digest, model_label=label,
-                          calibration=calibration, names=TILE_COMPONENTS)
-        sizes = artifact_sizes(out)
-    elif target == "qnn-w8a16":
-        from export.qnn_lowering import QnnOptions, export_qnn
-        from quantize.recipes import CalibrationSpec
-
-        options = QnnOptions(recipe="w8a16", calibration=CalibrationSpec(num_scenes=calibration_scenes,
-                                                                        max_tiles_per_image=calibration_tiles),
-                             contexts=contexts)
-        export_qnn(components, out, options=options, names=TILE_COMPONENTS, config=config.to_dict(),
-                   weights_sha256=digest, model_label=label, parity=False, log=lambda _m: None)
-        sizes = artifact_sizes(out)
-    elif target == "onnx-fp32":
-        from export.onnx_export import export_onnx
-
-        out.mkdir(parents=True, exist_ok=True)
-        sizes = {"backend": "onnx", "precision": "fp32", "components": {}}
-        for name in TILE_COMPONENTS:
-            result = export_onnx(components[name], out / f"{name}.fp32.onnx", target="qnn")
-            sizes["components"][name] = {"fp32": int(result.bytes)}
-    else:  # coreml-fp16
-        from export.coreml_lowering import CoreMLOptions, export_coreml
-
-        export_coreml(components, out, options=CoreMLOptions(precision="fp16"), names=TILE_COMPONENTS, config=config,
-                      weights_sha256=digest, model_label=label, parity=False, log=lambda _m: None)
-        sizes = artifact_sizes(out)
-    return {"target": target, "config": config.name, "folder": str(out), "build_model_seconds": build_seconds,
-            "export_seconds": time.perf_counter() - start, "sizes": sizes}
+    calibration = spec.recipe.quantization.calibration
+    if calibration is not None:
+        calibration = replace(calibration, num_scenes=calibration_scenes, max_tiles_per_image=calibration_tiles)
+    options = {"contexts": False} if not contexts and "contexts" in spec.recipe.lowering.options else {}
+    settings = ExportSettings(components=TILE_COMPONENTS, calibration=calibration, options=options)
+    result = export_target(spec, model, out_dir, skip=("verify",), settings=settings, model_label=label,
+                           log=lambda _m: None)
+    return {"target": target, "config": model.config.name, "folder": str(out_dir), "build_model_seconds": build_seconds,
+            "export_seconds": result.seconds, "steps": {k: round(v.seconds, 2) for k, v in result.steps.items()},
+            "sizes": artifact_sizes(out_dir), "thresholds": spec.thresholds()}

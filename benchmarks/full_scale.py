@@ -18,9 +18,9 @@ FULL_SCALE_TARGETS = ("executorch-xnnpack-fp32", "coreml-fp16", "onnx-fp32")
 
 def export_row(target: str, config_name: str, out_dir: Path, timeout_s: float, threads: int | None = None,
                **options: Any) -> dict[str, Any]:
-    """One isolated export (``options`` go to ``benchmarks.artifacts.export_target``): status, error,
+    """One isolated export (``options`` go to ``benchmarks.artifacts.export_for_benchmark``): status, error,
     seconds, peak memory, sizes."""
-    result = run_isolated("benchmarks.artifacts:export_target",
+    result = run_isolated("benchmarks.artifacts:export_for_benchmark",
                           {"target": target, "config_name": config_name, "out_dir": str(out_dir), "threads": threads,
                            **options}, timeout_s)
     row: dict[str, Any] = {"target": target, "config": config_name, "timeout_s": timeout_s} | result.to_dict()

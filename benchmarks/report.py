@@ -23,9 +23,14 @@ SCHEMA_VERSION = 1
 #: plan's: at 35 dB the RMS difference is ~4.5 levels of 255 against the image peak, blending seams
 #: that are not visible at normal viewing (a stated, adjustable bar, not a measured number).
 PLAN_MIN_PSNR_DB = 35.0
-#: Tile-chain PSNR against torch fp32 a precision must reach to be recommended: float artifacts
-#: must be numerically the model (40 dB), 8-bit-weight ones meet Qualcomm AI Hub's 30 dB bar.
-PRECISION_MIN_PSNR_DB = {"fp32": 40.0, "fp16": 40.0, "w8a8": 30.0, "w8a16": 30.0}
+
+
+def tile_chain_bar(label: str) -> float | None:
+    """The tile-chain PSNR bar of a backend run's artifacts: its target's, in ``export/numerics/<family>.json``."""
+    from export.targets import get_target
+
+    artifact = get_backend_run(label).artifact
+    return get_target(artifact).tile_chain_bar if artifact else None
 
 
 # -- assembling ------------------------------------------------------------------------------------------
@@ -170,8 +175,9 @@ def recommend(plans: Mapping[str, Any], latency: Mapping[str, Any], sizes: Mappi
     plan_rule = (f"the tiling plan with the fewest FLOPs per image whose output is within {PLAN_MIN_PSNR_DB:g} dB PSNR "
                  "of the published plan's (8-bit blended image); the published plan if none qualifies")
     precision_rule = ("among the phone artifacts measured in this run, the smallest one whose tile-chain PSNR against "
-                      "torch fp32 meets its precision's bar (" +
-                      ", ".join(f"{k} >= {v:g} dB" for k, v in PRECISION_MIN_PSNR_DB.items()) +
+                      "torch fp32 meets its target's bar in export/numerics (" +
+                      ", ".join(f"{r.label} >= {tile_chain_bar(r.label):g} dB" for r in BACKEND_RUNS
+                                if r.phone_target and tile_chain_bar(r.label) is not None) +
                       "); ties broken by host time; simulated host times are not used")
     out: dict[str, Any] = {"plan_rule": plan_rule, "precision_rule": precision_rule}
     if plans.get("status") == "measured":
@@ -202,7 +208,7 @@ def recommend(plans: Mapping[str, Any], latency: Mapping[str, Any], sizes: Mappi
             continue
         parity = row.get("tile_chain_parity_vs_baseline") or {}
         psnr = math.inf if parity.get("identical") else parity.get("psnr_db")
-        bar = PRECISION_MIN_PSNR_DB.get(row["precision"])
+        bar = tile_chain_bar(label)
         size = sizes.get(label, {})
         if size.get("status") != "measured":
             rows.append({"label": label, "eligible": False, "why": f"size not measured: {size.get('reason')}"})
@@ -513,5 +519,5 @@ def write_report(report: dict[str, Any], out: Path | str) -> dict[str, Path]:
     return {"json": json_path, "markdown": md_path}
 
 
-__all__ = ["BACKEND_RUNS", "PLAN_MIN_PSNR_DB", "PRECISION_MIN_PSNR_DB", "SCHEMA", "latency_section", "photo_section",
+__all__ = ["BACKEND_RUNS", "PLAN_MIN_PSNR_DB", "SCHEMA", "latency_section", "photo_section",
            "plans_section", "recommend", "report_markdown", "run_sizes", "write_plots", "write_report"]

@@ -84,6 +84,10 @@ class BenchmarkOptions:
                 raise ValueError(f"--full-scale-results {self.full_scale_results}: no such file")
         if self.size_only_targets is None:
             self.size_only_targets = () if self.quick else ("coreml-fp16",)
+        from export.targets import get_target
+
+        for target in self.size_only_targets:
+            get_target(target)  # a registry entry, or a one-line error naming the choices
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.warmup < 0 or self.repeats < 1 or self.tiles < 1:

@@ -1,4 +1,4 @@
-"""Lower MagicBokeh components to Core ML ML programs (.mlpackage), compress them, check them.
+"""Lower MagicBokeh components to Core ML ML programs (.mlpackage): the ``coreml`` family's lowering.
 
 Route: component -> (ANE attention swap, focus "split") -> ``torch.export`` (the ``torch.jit.trace``
 route fails on these graphs) -> ``coremltools.convert`` (ML program, fp16 compute, iOS 17 by
@@ -6,8 +6,8 @@ default) -> optional weight compression (``quantize.coreml``) -> save. A compone
 exceed ``chunk_bytes`` (1 GB by default, Core ML's practical per-model limit on phones) is cut
 into chunks that run in sequence; each chunk is its own package and the manifest lists them.
 
-Parity is computed by EXECUTING the saved packages (``MLModel.predict`` on macOS, the numpy Core ML
-interpreter elsewhere), never the torch model they came from, on tiles cut from generated scenes.
+The flow's verify step (``export.flow``) then EXECUTES the saved packages (``MLModel.predict`` on
+macOS, the numpy Core ML interpreter elsewhere), never the torch model they came from.
 """
 
 from __future__ import annotations
@@ -18,67 +18,23 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from export.coreml_ane import ane_attention
+from export.coreml_settings import COMPUTE_UNITS, Options  # noqa: F401  (Options: the flow builds it from here)
 from export.prepare import ExportError, focus_implementation, prepare_component, static_example_inputs
-from runtime_py.atomic import atomic_path
 from runtime_py.components import Component
-from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
-from runtime_py.memory import peak_rss_mib
+from runtime_py.manifest import ComponentEntry
 
-DEFAULT_CHUNK_BYTES = 1 << 30
-PRECISIONS = ("fp16", "fp32", "w8", "w6", "w4", "mixed")
-DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
-COMPUTE_UNITS = {
-    "all": "ALL",
-    "cpu_and_ne": "CPU_AND_NE",
-    "cpu_and_gpu": "CPU_AND_GPU",
-    "cpu_only": "CPU_ONLY",
-}
 FOCUS_FOR_COREML = "split"
 
 
 class CoreMLExportError(ExportError):
     """Core ML conversion, compression or saving failed; the message names the component."""
-
-
-@dataclass
-class CoreMLOptions:
-    """Everything that decides what a Core ML export produces."""
-
-    precision: str = "fp16"
-    deployment_target: str = "iOS17"
-    compute_units: str = "all"
-    ane_layout: bool = True
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    compile_mlmodelc: bool = False
-    mixed_average_bits: float = 5.0
-    mixed_choices: tuple[int, ...] = (4, 6, 8)
-    sensitivity_samples: int = 1
-
-    def validate(self) -> "CoreMLOptions":
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.deployment_target not in DEPLOYMENT_TARGETS:
-            raise ValueError(f"deployment target must be one of {DEPLOYMENT_TARGETS}, got {self.deployment_target!r}")
-        if self.compute_units not in COMPUTE_UNITS:
-            raise ValueError(f"compute units must be one of {sorted(COMPUTE_UNITS)}, got {self.compute_units!r}")
-        if self.chunk_bytes <= 0:
-            raise ValueError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
-        if self.precision == "mixed":
-            low, high = min(self.mixed_choices), max(self.mixed_choices)
-            if not low <= self.mixed_average_bits <= high:
-                raise ValueError(f"mixed average bits {self.mixed_average_bits} must lie in [{low}, {high}] "
-                                 f"(the bit choices {list(self.mixed_choices)})")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
 
 
 # -- conversion ---------------------------------------------------------------------------------
@@ -294,13 +250,15 @@ def export_graph(component: Component, inputs: Sequence[torch.Tensor], ane_layou
 def lower_component(
     component: Component,
     folder: Path,
-    options: CoreMLOptions,
+    options: Options,
+    precision: str = "fp16",
     sensitivity_inputs: Sequence[Sequence[np.ndarray]] = (),
     log: Callable[[str], None] = print,
 ) -> LoweredComponent:
     """Convert (and chunk, and compress) one component into ``folder``; returns what was written.
 
-    For ``mixed`` precision the per-layer bits are planned first, in torch, from the component's
+    ``precision`` is the target's label: ``fp16``, ``fp32``, or a compression of ``quantize.coreml``
+    (``w8``, ``w6``, ``w4``, ``mixed``). For ``mixed`` the per-layer bits are planned first, in torch, from the component's
     measured sensitivity on ``sensitivity_inputs`` (real tiles), then applied to every piece.
     """
     from quantize.coreml import compress_mlmodel, plan_mixed_bits
@@ -312,13 +270,13 @@ def lower_component(
     input_names = [s.name for s in component.input_specs()]
     input_shapes = [tuple(s.shape) for s in component.input_specs()]
     output_names = [s.name for s in component.output_specs()]
-    result = LoweredComponent(name=name, file="", precision=options.precision)
+    result = LoweredComponent(name=name, file="", precision=precision)
     start = time.perf_counter()
     program = export_graph(component, example, options.ane_layout)
     result.seconds["torch_export"] = time.perf_counter() - start
     result.weight_bytes_fp16 = graph_weight_bytes(program)
     plan = None
-    if options.precision == "mixed":
+    if precision == "mixed":
         start = time.perf_counter()
         log(f"  {name}: measuring per-layer sensitivity in torch on {len(sensitivity_inputs)} real sample(s)")
         used = used_parameter_names(program, component)
@@ -365,17 +323,17 @@ def lower_component(
         start = time.perf_counter()
         mlmodel = convert_exported(
             piece_program, in_names, in_shapes, out_names,
-            precision="fp32" if options.precision == "fp32" else "fp16",
+            precision="fp32" if precision == "fp32" else "fp16",
             deployment_target=options.deployment_target,
             compute_units=options.compute_units,
             label=f"component {name!r}" + (f" ({relative})" if chunks else ""),
         )
         result.seconds["convert"] += time.perf_counter() - start
-        if options.precision not in ("fp16", "fp32"):
+        if precision not in ("fp16", "fp32"):
             start = time.perf_counter()
-            mlmodel, recipe = compress_mlmodel(mlmodel, options.precision, mixed_plan=plan)
+            mlmodel, recipe = compress_mlmodel(mlmodel, precision, mixed_plan=plan)
             result.recipe[relative] = recipe
-            if options.precision == "mixed":
+            if precision == "mixed":
                 log(f"  {relative}: {len(recipe['layers'])} weights palettized at {recipe['average_bits']:.3f} average "
                     f"bits (budget {recipe['average_bits_budget']}), {len(recipe['kept_fp16'])} kept fp16; "
                     f"torch-predicted PSNR {recipe['predicted_psnr_db']:.2f} dB")
@@ -428,179 +386,35 @@ def graph_weight_bytes(program: torch.export.ExportedProgram, bytes_per_weight: 
     return total
 
 
-# -- real inputs (for sensitivity measurement) ---------------------------------------------------------
+# -- the flow's lower step ------------------------------------------------------------------------------
 
-def real_component_inputs(
-    reference_fns: Mapping[str, Callable[..., np.ndarray]],
-    samples: Sequence[Any],
-    config: Any,
-    names: Sequence[str],
-    count: int = 1,
-) -> dict[str, list[tuple[np.ndarray, ...]]]:
-    """Up to ``count`` real inputs per component: reference-pipeline tile inputs of the samples
-    (``runtime_py.samples``), and the host-resized photo for depth."""
-    from runtime_py.samples import depth_inputs, tile_records
+def lower(job: Any) -> Any:
+    """One package (or chunk folder) per component; ``mixed`` plans its bits on the quantize step's tiles."""
+    from export.flow import LoweringOutput
 
-    out: dict[str, list[tuple[np.ndarray, ...]]] = {n: [] for n in names}
-    tile_names = [n for n in names if n != "depth"]
-    if tile_names:
-        for record in tile_records(reference_fns, samples, config, max_tiles_per_image=count)[:count]:
-            for name in tile_names:
-                out[name].append(record.inputs(name))
-    if "depth" in names:
-        out["depth"] = [(rgb,) for _label, rgb in depth_inputs(samples, config.depth_input)[:count]]
-    return out
-
-
-# -- a whole export -------------------------------------------------------------------------------------
-
-@dataclass
-class CoreMLExportResult:
-    folder: Path
-    manifest: Manifest
-    components: dict[str, LoweredComponent]
-    parity: Any  # runtime_py.parity.ParityResult, or None without parity
-    seconds: float
-    peak_rss_mib: float
-
-
-#: Per-component PSNR bars the export checks (None: reported only). fp16 >= 40 dB and w8 >= 35 dB
-#: are the issue's bars (Apple's own converter bar is 35 dB); palettized results are reported.
-MIN_PSNR_COMPONENT = {"fp32": 60.0, "fp16": 40.0, "w8": 35.0, "w6": None, "w4": None, "mixed": None}
-
-
-def export_coreml(
-    components: Mapping[str, Component],
-    out: Path | str,
-    *,
-    options: CoreMLOptions | None = None,
-    names: Sequence[str] | None = None,
-    config: Any,
-    weights_sha256: str,
-    model_label: str | dict[str, Any] = "",
-    parity: bool = True,
-    num_scenes: int = 1,
-    max_tiles_per_image: int | None = None,
-    log: Callable[[str], None] = print,
-) -> CoreMLExportResult:
-    """Export components to ``out`` (atomically: a crash leaves no valid-looking folder).
-
-    Writes one package (or chunk folder) per component, ``manifest.json`` and, when ``parity`` is
-    on, ``parity.json`` / ``parity.md`` from the shared parity runner, which EXECUTES the written
-    packages through the ``coreml`` backend against the fp32 torch components on generated scenes.
-    """
-    from runtime_py.backends.torch_backend import TorchBackend
-    from runtime_py.model.config import get_config
-    from runtime_py.samples import gather_samples
-
-    options = (options or CoreMLOptions()).validate()
-    config = get_config(config) if not isinstance(config, dict) else get_config(_config_from_dict(config))
-    names = list(components) if names is None else list(names)
-    unknown = [n for n in names if n not in components]
-    if unknown:
-        raise ValueError(f"unknown components {unknown}; available: {sorted(components)}")
-    out = Path(out)
-    started = time.perf_counter()
-    need_samples = parity or options.precision == "mixed"
-    samples = gather_samples(config, num_scenes=num_scenes) if need_samples else []
-    reference_fns = TorchBackend().load(components)
-    sensitivity = (real_component_inputs(reference_fns, samples, config, names, options.sensitivity_samples)
-                   if options.precision == "mixed" else {})
-    lowered: dict[str, LoweredComponent] = {}
-    label = model_label if isinstance(model_label, str) else str(model_label.get("description", model_label))
-    report: Any = None
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        for name in names:
-            log(f"[coreml] {name}: converting ({options.precision}, {options.deployment_target})")
-            lowered[name] = lower_component(components[name], tmp, options,
-                                            sensitivity_inputs=sensitivity.get(name, []), log=log)
-        entries = {}
-        for name in names:
-            low = lowered[name]
-            extra: dict[str, Any] = {
-                "format": "mlpackage",
-                "io_dtype": "float32" if options.precision == "fp32" else "float16",
-                "deployment_target": options.deployment_target,
-                "compute_units": options.compute_units,
-                "ane_layout": options.ane_layout,
-                "focus_implementation": FOCUS_FOR_COREML if name == "denoiser" else None,
-                "weight_bytes_fp16": low.weight_bytes_fp16,
-                "seconds": low.seconds,
-            }
-            if low.chunks:
-                extra["chunks"] = low.chunks
-            if low.recipe:
-                extra["compression"] = low.recipe
-            entries[name] = ComponentEntry.from_component(components[name], low.file, options.precision, **extra)
-        manifest = Manifest(
-            backend="coreml",
-            config=config.to_dict(),
-            weights_sha256=weights_sha256,
-            components=entries,
-            precision=options.precision,
-            recipe=options.to_dict(),
-            model_label=label,
-            extra={"model_label": model_label} if isinstance(model_label, dict) else {},
-        )
-        write_manifest(tmp, manifest)
-        if parity:
-            report = run_package_parity(tmp, reference_fns, samples, config, names, options.precision,
-                                        max_tiles_per_image=max_tiles_per_image, log=log, artifacts_label=str(out))
-    seconds = time.perf_counter() - started
-    return CoreMLExportResult(out, manifest, lowered, report, seconds, peak_rss_mib())
-
-
-def _config_from_dict(data: dict[str, Any]):
-    from runtime_py.model.config import MagicBokehConfig
-
-    return MagicBokehConfig.from_dict(data)
-
-
-def run_package_parity(
-    folder: Path,
-    reference_fns: Mapping[str, Callable[..., np.ndarray]],
-    samples: Sequence[Any],
-    config: Any,
-    names: Sequence[str],
-    precision: str,
-    *,
-    max_tiles_per_image: int | None = None,
-    log: Callable[[str], None] = print,
-    artifacts_label: str | None = None,
-):
-    """The shared parity runner on the written packages (executed), with this precision's bar."""
-    from runtime_py.backends.coreml_backend import CoreMLBackend
-    from runtime_py.parity import ParityThresholds, run_parity, write_parity_report
-
-    backend = CoreMLBackend()
-    tested = backend.load(folder, tuple(names))
-    bar = MIN_PSNR_COMPONENT.get(precision)
-    result = run_parity(
-        reference_fns, tested, samples, config=config, components=list(names),
-        max_tiles_per_image=max_tiles_per_image,
-        thresholds=ParityThresholds(min_psnr_component=bar),
-        meta={"reference": "torch fp32", "tested": f"coreml {precision}", "executed_by": backend.describe(),
-              "artifacts": artifacts_label or str(folder)},
-    )
-    write_parity_report(result, folder, title=f"Core ML {precision} parity (packages executed by {backend.describe()})")
-    for name, figures in result.components.items():
-        log(f"[coreml] {name}: PSNR {figures['psnr_db']:.2f} dB, max abs {figures['max_abs']:.3g}")
-    if result.end_to_end:
-        log(f"[coreml] end to end: PSNR {result.end_to_end['psnr_db']:.2f} dB, SSIM {result.end_to_end['ssim']:.5f}")
-    return result
-
-
-def summary_rows(result: CoreMLExportResult) -> list[tuple[str, str, str, str]]:
-    """(component, precision, size, PSNR) rows for the CLI's table."""
-    rows = []
-    for name, entry in result.manifest.components.items():
-        fig = result.parity.components.get(name, {}) if result.parity is not None else {}
-        psnr = f"{fig['psnr_db']:.2f} dB" if "psnr_db" in fig else "-"
-        chunks = len(entry.extra.get("chunks", [])) or 1
-        size = f"{entry.bytes / 2**20:.2f} MiB" + (f" ({chunks} chunks)" if chunks > 1 else "")
-        rows.append((name, entry.precision, size, psnr))
-    return rows
+    options, precision = job.options, job.target.precision
+    entries = {}
+    for name in job.names:
+        job.log(f"[lower] {name}: converting to Core ML ({precision}, {options.deployment_target})")
+        sensitivity = job.calibration.inputs.get(name, []) if job.calibration is not None else []
+        low = lower_component(job.components[name], job.folder, options, precision,
+                              sensitivity_inputs=sensitivity, log=job.log)
+        extra: dict[str, Any] = {
+            "format": "mlpackage",
+            "io_dtype": "float32" if precision == "fp32" else "float16",
+            "deployment_target": options.deployment_target,
+            "compute_units": options.compute_units,
+            "ane_layout": options.ane_layout,
+            "focus_implementation": FOCUS_FOR_COREML if name == "denoiser" else None,
+            "weight_bytes_fp16": low.weight_bytes_fp16,
+            "seconds": low.seconds,
+        }
+        if low.chunks:
+            extra["chunks"] = low.chunks
+        if low.recipe:
+            extra["compression"] = low.recipe
+        entries[name] = ComponentEntry.from_component(job.components[name], low.file, precision, **extra)
+    return LoweringOutput(entries)
 
 
 def _first_line(exc: BaseException, limit: int = 400) -> str:

@@ -1,46 +1,34 @@
-"""Lower MagicBokeh components to ExecuTorch ``.pte`` programs, one recipe at a time.
+"""Lower MagicBokeh components to ExecuTorch ``.pte`` programs: the ``executorch`` family's lowering.
 
-Recipes (delegate + precision):
+Targets (``export/targets.py``) name the delegate and precision:
 
-* ``xnnpack-fp32``: the XNNPACK CPU delegate, fp32. The parity baseline for phones.
-* ``xnnpack-int8``: PT2E int8 (per-channel symmetric weights, int8 activations calibrated on real
-  tiles) then the XNNPACK delegate.
-* ``coreml-fp16``: the Core ML delegate (ML program, fp16 compute, iOS 17). Lowering works on
-  Linux; running needs an Apple OS (the Core ML runtime is not in Linux builds of ExecuTorch).
-* ``qnn-fp16``: the Qualcomm QNN HTP delegate, fp16. Needs a QNN SDK (``QNN_SDK_ROOT``); without
-  one lowering stops with :class:`QnnSdkMissingError` *before* ExecuTorch's own set-up, which
-  would otherwise try to download an SDK.
+* ``executorch-xnnpack-fp32``: the XNNPACK CPU delegate, fp32. The parity baseline for phones.
+* ``executorch-xnnpack-int8``: PT2E int8 (per-channel symmetric weights, int8 activations calibrated
+  on real tiles by the flow's quantize step) then the XNNPACK delegate.
+* ``executorch-coreml-fp16``: the Core ML delegate (ML program, fp16 compute, iOS 17). Lowering works
+  on Linux; running needs an Apple OS (the Core ML runtime is not in Linux builds of ExecuTorch).
+* ``executorch-qnn-fp16``: the Qualcomm QNN HTP delegate, fp16. Needs a QNN SDK (``QNN_SDK_ROOT``);
+  without one lowering stops with :class:`QnnSdkMissingError` *before* ExecuTorch's own set-up,
+  which would otherwise try to download an SDK.
 
-An export writes every ``.pte`` into a temporary folder, writes ``manifest.json`` last, and
-renames the folder into place, so an interrupted export never leaves a folder that looks valid.
+``export.flow.export_target`` runs the steps around this module (staging folder, manifest, parity).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from export.prepare import (
-    ExportError,
-    PreparedComponent,
-    export_component,
-    focus_implementation_for,
-    prepare_component,
-    rewrites_for,
-)
-from runtime_py.atomic import atomic_path
+from export.prepare import ExportError, export_component, focus_implementation_for, prepare_component, rewrites_for
 from runtime_py.backends.base import BackendUnavailableError
 from runtime_py.components import Component
-from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
-from runtime_py.memory import peak_rss_mib
-from runtime_py.model import MagicBokehConfig
+from runtime_py.manifest import ComponentEntry
 
-BACKEND_NAME = "executorch"
 QNN_DEFAULT_SOC = "SM8650"  # Snapdragon 8 Gen 3 (HTP v75)
 
 
@@ -48,41 +36,27 @@ class QnnSdkMissingError(BackendUnavailableError):
     """The QNN delegate needs a Qualcomm QNN SDK folder named by QNN_SDK_ROOT."""
 
 
-@dataclass(frozen=True)
-class LoweringRecipe:
-    """How one ExecuTorch artifact is made: which delegate, which precision."""
+@dataclass
+class Options:
+    """The ExecuTorch lowering's settings (defaults from the target's lowering recipe).
 
-    name: str
-    delegate: str  # "xnnpack" | "coreml" | "qnn"
-    precision: str  # manifest precision label: "fp32" | "w8a8" | "fp16"
-    target: str  # export/prepare.py target (chooses the focus-attention realisation)
-    description: str = ""
+    ``focus`` None: the graph variant's focus-attention realisation; ``rewrites`` None: the graph
+    variant's export-time rewrites, ``()``: none; ``soc``: the QNN delegate's Snapdragon.
+    """
 
-    @property
-    def quantized(self) -> bool:
-        return self.precision.startswith("w")
+    focus: str | None = None
+    rewrites: tuple[str, ...] | None = None
+    soc: str = QNN_DEFAULT_SOC
+
+    def validate(self) -> "Options":
+        if self.focus is not None:
+            focus_implementation_for("xnnpack", self.focus)  # raises on an unknown realisation
+        if self.rewrites is not None:
+            self.rewrites = tuple(self.rewrites)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "delegate": self.delegate, "precision": self.precision,
-                "target": self.target, "description": self.description}
-
-
-LOWERING_RECIPES: dict[str, LoweringRecipe] = {
-    "xnnpack-fp32": LoweringRecipe("xnnpack-fp32", "xnnpack", "fp32", "xnnpack", "XNNPACK CPU delegate, fp32"),
-    "xnnpack-int8": LoweringRecipe(
-        "xnnpack-int8", "xnnpack", "w8a8", "xnnpack-int8",
-        "PT2E int8 (XNNPACKQuantizer, per-channel symmetric weights, activations calibrated on real tiles)",
-    ),
-    "coreml-fp16": LoweringRecipe("coreml-fp16", "coreml", "fp16", "coreml", "Core ML delegate, ML program, fp16, iOS 17"),
-    "qnn-fp16": LoweringRecipe("qnn-fp16", "qnn", "fp16", "qnn", f"QNN HTP delegate, fp16, SoC {QNN_DEFAULT_SOC}"),
-}
-
-
-def get_lowering_recipe(name: str) -> LoweringRecipe:
-    try:
-        return LOWERING_RECIPES[name]
-    except KeyError:
-        raise ValueError(f"unknown ExecuTorch recipe {name!r}; choose one of {sorted(LOWERING_RECIPES)}") from None
+        return asdict(self)
 
 
 # -- partitioners ---------------------------------------------------------------------------------
@@ -104,12 +78,12 @@ def check_qnn_sdk() -> Path:
     return path
 
 
-def _partitioners(recipe: LoweringRecipe) -> list[Any]:
-    if recipe.delegate == "xnnpack":
+def _partitioners(delegate: str, options: Options) -> list[Any]:
+    if delegate == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         return [XnnpackPartitioner()]
-    if recipe.delegate == "coreml":
+    if delegate == "coreml":
         import coremltools as ct
         from executorch.backends.apple.coreml.compiler import CoreMLBackend
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
@@ -118,7 +92,7 @@ def _partitioners(recipe: LoweringRecipe) -> list[Any]:
             minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT16
         )
         return [CoreMLPartitioner(compile_specs=specs)]
-    if recipe.delegate == "qnn":
+    if delegate == "qnn":
         check_qnn_sdk()
         from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
         from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
@@ -128,11 +102,11 @@ def _partitioners(recipe: LoweringRecipe) -> list[Any]:
         )
 
         specs = generate_qnn_executorch_compiler_spec(
-            soc_model=getattr(QcomChipset, QNN_DEFAULT_SOC),
+            soc_model=getattr(QcomChipset, options.soc),
             backend_options=generate_htp_compiler_spec(use_fp16=True),
         )
         return [QnnPartitioner(specs)]
-    raise ValueError(f"unknown delegate {recipe.delegate!r}")
+    raise ValueError(f"unknown delegate {delegate!r}")
 
 
 def delegation_summary(edge_program: Any) -> dict[str, int]:
@@ -150,18 +124,19 @@ def delegation_summary(edge_program: Any) -> dict[str, int]:
         return {}
 
 
-def lower_program(program: torch.export.ExportedProgram, recipe: LoweringRecipe, name: str = "component") -> tuple[bytes, dict[str, int]]:
-    """Exported program -> ``.pte`` bytes through the recipe's delegate, plus a delegation summary."""
+def lower_program(program: torch.export.ExportedProgram, delegate: str, options: Options | None = None,
+                  name: str = "component") -> tuple[bytes, dict[str, int]]:
+    """Exported program -> ``.pte`` bytes through ``delegate``, plus a delegation summary."""
     from executorch.exir import to_edge_transform_and_lower
 
-    partitioners = _partitioners(recipe)  # QNN checks its SDK here, before any heavy work
+    partitioners = _partitioners(delegate, options or Options())  # QNN checks its SDK here, before any heavy work
     try:
         edge = to_edge_transform_and_lower(program, partitioner=partitioners)
         summary = delegation_summary(edge)
         buffer = edge.to_executorch().buffer
     except Exception as exc:
         raise ExportError(
-            f"ExecuTorch lowering ({recipe.name}) failed for component {name!r}: {type(exc).__name__}: {_short(exc)}"
+            f"ExecuTorch lowering ({delegate}) failed for component {name!r}: {type(exc).__name__}: {_short(exc)}"
         ) from exc
     return bytes(buffer), summary
 
@@ -173,7 +148,6 @@ def lower_program(program: torch.export.ExportedProgram, recipe: LoweringRecipe,
 class LoweredComponent:
     name: str
     pte: bytes
-    recipe: LoweringRecipe
     focus_implementation: str | None
     seconds: dict[str, float]
     delegation: dict[str, int] = field(default_factory=dict)
@@ -183,157 +157,77 @@ class LoweredComponent:
 
 def lower_component(
     component: Component,
-    recipe: LoweringRecipe | str,
+    target: Any,
     *,
     calibration_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
-    focus: str | None = None,
-    rewrites: Sequence[str] | None = None,
+    options: Options | None = None,
 ) -> LoweredComponent:
-    """Export, (quantize,) and lower one component; times each stage."""
-    recipe = get_lowering_recipe(recipe) if isinstance(recipe, str) else recipe
-    if recipe.delegate == "qnn":
+    """Export, (quantize,) and lower one component for ``target`` (an ``export.targets.Target``); times each stage."""
+    options = (options or Options()).validate()
+    lowering, quantization = target.recipe.lowering, target.recipe.quantization
+    if lowering.delegate == "qnn":
         check_qnn_sdk()
-    if recipe.quantized:
-        if recipe.delegate != "xnnpack":
-            raise ValueError(f"recipe {recipe.name}: int8 is implemented for XNNPACK only")
+    if quantization.quantized:
+        if lowering.delegate != "xnnpack":
+            raise ValueError(f"target {target.name}: int8 is implemented for XNNPACK only")
         if not calibration_inputs:
             raise ValueError(
-                f"recipe {recipe.name}: component {component.name!r} needs calibration inputs (real tiles); got none"
+                f"target {target.name}: component {component.name!r} needs calibration inputs (real tiles); got none"
             )
     prepare_component(component)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    program = export_component(component, target=recipe.target, focus=focus, rewrites=rewrites)
+    program = export_component(component, target=lowering.graph, focus=options.focus, rewrites=options.rewrites)
     seconds["export"] = time.perf_counter() - start
     batches = 0
-    if recipe.quantized:
+    if quantization.quantized:
+        from quantize.recipes import QuantizationError
         from quantize.xnnpack import quantize_program
 
-        quantized = quantize_program(program, calibration_inputs, name=component.name)
+        try:
+            quantized = quantize_program(program, calibration_inputs, recipe=quantization, name=component.name)
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from exc
         program, batches = quantized.program, quantized.calibration_batches
         seconds["quantize"] = quantized.seconds
     start = time.perf_counter()
-    pte, delegation = lower_program(program, recipe, component.name)
+    pte, delegation = lower_program(program, lowering.delegate, options, component.name)
     seconds["lower"] = time.perf_counter() - start
-    impl = focus_implementation_for(recipe.target, focus) if component.name == "denoiser" else None
-    return LoweredComponent(component.name, pte, recipe, impl, seconds, delegation, batches,
-                            rewrites_for(recipe.target, rewrites))
+    impl = focus_implementation_for(lowering.graph, options.focus) if component.name == "denoiser" else None
+    return LoweredComponent(component.name, pte, impl, seconds, delegation, batches,
+                            rewrites_for(lowering.graph, options.rewrites))
 
 
-# -- a whole export -------------------------------------------------------------------------------
+def lower(job: Any) -> Any:
+    """The flow's lower step for an ExecuTorch target: one ``<component>.pte`` per component."""
+    from export.flow import LoweringOutput
 
-
-@dataclass
-class ExportReport:
-    """What an export produced, for the CLI summary and the caller's checks."""
-
-    folder: Path
-    recipe: LoweringRecipe
-    components: dict[str, LoweredComponent]
-    manifest: Manifest
-    seconds: float
-    peak_rss_mb: float
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "component": name,
-                "recipe": self.recipe.name,
-                "precision": self.recipe.precision,
-                "bytes": len(low.pte),
-                "seconds": round(sum(low.seconds.values()), 2),
-                "delegated_nodes": low.delegation.get("delegated_nodes"),
-                "non_delegated_nodes": low.delegation.get("non_delegated_nodes"),
-            }
-            for name, low in self.components.items()
-        ]
-
-
-def export_executorch(
-    components: Mapping[str, Component],
-    out_dir: Path | str,
-    *,
-    recipe: LoweringRecipe | str,
-    config: MagicBokehConfig,
-    weights_sha256: str,
-    model_label: str = "",
-    calibration: Mapping[str, Sequence[tuple[torch.Tensor, ...]]] | None = None,
-    names: Sequence[str] | None = None,
-    focus: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    rewrites: Sequence[str] | None = None,
-) -> ExportReport:
-    """Lower the named components into ``out_dir`` (replaced atomically) with a manifest.
-
-    ``calibration`` maps component name to its calibration input batches (needed by int8 recipes).
-    """
-    recipe = get_lowering_recipe(recipe) if isinstance(recipe, str) else recipe
-    names = list(components) if names is None else list(names)
-    unknown = [n for n in names if n not in components]
-    if unknown:
-        raise ValueError(f"unknown components {unknown}; this model has {sorted(components)}")
-    if not names:
-        raise ValueError("nothing to export: no components named")
-    if recipe.delegate == "qnn":
+    target = job.target
+    if target.recipe.lowering.delegate == "qnn":
         check_qnn_sdk()
-    start = time.perf_counter()
-    lowered: dict[str, LoweredComponent] = {}
     entries: dict[str, ComponentEntry] = {}
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name in names:
-            t0 = time.perf_counter()
-            low = lower_component(
-                components[name], recipe,
-                calibration_inputs=(calibration or {}).get(name), focus=focus, rewrites=rewrites,
-            )
-            file = f"{name}.pte"
-            (tmp / file).write_bytes(low.pte)
-            lowered[name] = low
-            entries[name] = ComponentEntry.from_component(
-                components[name], file, recipe.precision,
-                delegate=recipe.delegate,
-                recipe=recipe.name,
-                focus_implementation=low.focus_implementation,
-                seconds={k: round(v, 3) for k, v in low.seconds.items()},
-                delegation=low.delegation,
-                calibration_batches=low.calibration_batches,
-                rewrites=list(low.rewrites),
-            )
-            if progress:
-                print(f"  {name}: {len(low.pte) / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s", flush=True)
-        manifest = Manifest(
-            backend=BACKEND_NAME,
-            config=config.to_dict(),
-            weights_sha256=weights_sha256,
-            components=entries,
-            precision=recipe.precision,
-            recipe=recipe.to_dict(),
-            model_label=model_label,
-            extra=dict(extra or {}),
+    for name in job.names:
+        t0 = time.perf_counter()
+        batches = job.calibration.torch_inputs(name) if job.calibration is not None else None
+        low = lower_component(job.components[name], target, calibration_inputs=batches, options=job.options)
+        file = f"{name}.pte"
+        (job.folder / file).write_bytes(low.pte)
+        entries[name] = ComponentEntry.from_component(
+            job.components[name], file, target.precision,
+            delegate=target.recipe.lowering.delegate,
+            recipe=target.recipe.name,
+            focus_implementation=low.focus_implementation,
+            seconds={k: round(v, 3) for k, v in low.seconds.items()},
+            delegation=low.delegation,
+            calibration_batches=low.calibration_batches,
+            rewrites=list(low.rewrites),
         )
-        write_manifest(tmp, manifest)  # last: a folder without it is not an artifacts folder
-    return ExportReport(out_dir, recipe, lowered, manifest, time.perf_counter() - start, peak_rss_mib())
+        job.log(f"[lower] {name}: {len(low.pte) / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s"
+                + (f", {low.delegation.get('delegated_nodes')} delegated / {low.delegation.get('non_delegated_nodes')} "
+                   "other nodes" if low.delegation else ""))
+    return LoweringOutput(entries, {"rewrites": "per graph" if job.options.rewrites is None else list(job.options.rewrites)})
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-__all__ = [
-    "BACKEND_NAME",
-    "ExportReport",
-    "LOWERING_RECIPES",
-    "LoweredComponent",
-    "LoweringRecipe",
-    "PreparedComponent",
-    "QnnSdkMissingError",
-    "check_qnn_sdk",
-    "export_executorch",
-    "get_lowering_recipe",
-    "lower_component",
-    "lower_program",
-]

@@ -19,46 +19,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from export.targets import FAMILIES, TARGETS, Target, get_target, main_job_targets
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class Target:
-    """One export target: the exporter command that builds it and the backend that runs it."""
+@dataclass(frozen=True)
+class PlannedExport:
+    """One registry target as the main job builds it: its exporter CLI with the target's main-job flags."""
 
-    name: str
+    target: Target
     exporter: str
     args: list[str]
-    folder: str
-    backend: str
-    notes: str = ""
-    #: Render only the bottom-left ``(height, width)`` crop of the sample photo (None: all of it).
-    #: Why: the simulated HTP takes minutes per 512-px tile, and the 640 x 1024 photo has 6 tiles.
-    render_crop: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def folder(self) -> str:
+        return self.target.artifacts
+
+    @property
+    def backend(self) -> str:
+        return self.target.backend
 
 
-def default_targets(out: Path, config: str | None) -> list[Target]:
+def planned_exports(out: Path, config: str | None, names: Sequence[str] | None = None) -> list[PlannedExport]:
+    """The exports the main job runs: ``names`` from the registry (default: every target with main-job flags)."""
     cfg = ["--config", config] if config else []
-    return [
-        Target("executorch-xnnpack-fp32", "export/to_executorch.py",
-               ["--out", str(out), "--recipe", "xnnpack-fp32", "--parity-scenes", "1", *cfg], "executorch-xnnpack-fp32", "executorch"),
-        Target("executorch-xnnpack-int8", "export/to_executorch.py",
-               ["--out", str(out), "--recipe", "xnnpack-int8", "--calibration-scenes", "2",
-                "--calibration-tiles", "4", "--parity-scenes", "1", *cfg], "executorch-xnnpack-int8", "executorch"),
-        Target("coreml-fp16", "export/to_coreml.py",
-               ["--out", str(out / "coreml-fp16"), "--precision", "fp16", "--components", "encoder,denoiser,decoder", *cfg],
-               "coreml-fp16", "coreml"),
-        # The simulated HTP takes seconds (encoder, depth) to minutes (denoiser) per 512-px tile on
-        # x86, so its parity runs on one one-tile scene: 1 tile per component figure, 1 depth
-        # photo, a 1-tile end-to-end render (the report records the run count and seconds).
-        Target("qnn-w8a16", "export/to_qnn.py",
-               ["--out", str(out / "qnn-w8a16"), "--precision", "w8a16", "--calibration-scenes", "2",
-                "--parity-scenes", "1", "--parity-tiles", "1", "--parity-scene-size", "tile", *cfg],
-               "qnn-w8a16", "qnn-htp",
-               notes="HTP simulated on x86: parity on one 1-tile scene (see parity.md), render of a one-tile "
-                     "crop of the sample photo; its time says nothing about a phone",
-               render_crop=(512, 512)),
-    ]
+    targets = [get_target(n) for n in names] if names else main_job_targets()
+    return [PlannedExport(t, FAMILIES[t.family]["cli"],
+                          ["--recipe", t.recipe.name, "--out", str(out / t.artifacts), *(t.main_job or ()), *cfg])
+                for t in targets]
 
 
 @dataclass
@@ -131,7 +124,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def summarise(out: Path, targets: Sequence[Target], exports: dict[str, StepResult], renders: dict[str, StepResult]) -> dict[str, Any]:
+def summarise(out: Path, targets: Sequence[PlannedExport], exports: dict[str, StepResult], renders: dict[str, StepResult]) -> dict[str, Any]:
     rows = []
     for target in targets:
         folder = out / target.folder
@@ -151,7 +144,8 @@ def summarise(out: Path, targets: Sequence[Target], exports: dict[str, StepResul
             "parity": parity,
             "render": str(out / "renders" / f"{target.name}.png") if render and render.returncode == 0 else None,
             "render_exit": render.returncode if render else None,
-            "notes": "; ".join(x for x in (target.notes, _htp_note(parity)) if x),
+            "thresholds": target.target.thresholds(),
+            "notes": "; ".join(x for x in (target.target.notes, _htp_note(parity)) if x),
         })
     torch_render = renders.get("torch")
     return {"targets": rows, "reference_render": str(out / "renders" / "torch.png") if torch_render and torch_render.returncode == 0 else None}
@@ -195,6 +189,17 @@ def _end_to_end(parity: dict[str, Any] | None) -> str:
     return f"{psnr:.1f} dB / SSIM {ssim:.4f}" if isinstance(psnr, (int, float)) and isinstance(ssim, (int, float)) else str(e2e)
 
 
+def _bars(thresholds: dict[str, Any] | None, parity: dict[str, Any] | None) -> str:
+    """The target's parity bars (from its numerics file) and whether its report met them."""
+    names = {"min_psnr_component": "component", "min_psnr_end_to_end": "end to end", "min_ssim": "SSIM"}
+    parts = [f"{part + ' ' if part != 'parity' else ''}{names[k]} >= {v:g}"
+             for part, bars in (thresholds or {}).items() for k, v in bars.items() if v is not None]
+    if not parts:
+        return "reported only"
+    verdict = "" if not parity or "passed" not in parity else (": met" if parity["passed"] else ": MISSED")
+    return ", ".join(parts) + verdict
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# MagicBokeh main job: export + parity",
@@ -203,14 +208,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "(PSNR = 20 log10(max|ref| / RMSE)); for QNN that is the simulated HTP against fp32 (its `parity.md`",
         "splits it into quantization and backend error). Each target's own `parity.md` has the details.",
         "",
-        "| target | export | component PSNR (dB) | end to end (dB / SSIM) | size (MiB) | render | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| target | export | component PSNR (dB) | end to end (dB / SSIM) | bars (export/numerics) | size (MiB) | render | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["targets"]:
         ok = "ok" if row["export_exit"] == 0 else f"exit {row['export_exit']} (see {row['export_log']})"
         size = sum(v for v in row["component_bytes"].values() if isinstance(v, int)) / 2**20 if row["component_bytes"] else None
         lines.append(
             f"| {row['target']} | {ok}, {row['export_seconds']} s | {_component_psnrs(row['parity'])} | {_end_to_end(row['parity'])} | "
+            f"{_bars(row.get('thresholds'), row['parity'])} | "
             f"{'' if size is None else f'{size:.1f}'} | {row['render'] or 'not rendered'} | {row['notes']} |"
         )
     lines += ["", f"Reference render (fp32 torch): {summary['reference_render'] or 'not rendered'}", ""]
@@ -220,8 +226,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "main", help="output folder (default outputs/main)")
-    p.add_argument("--targets", nargs="+", default=None,
-                   help="subset of targets (default: all of executorch-xnnpack-fp32, executorch-xnnpack-int8, coreml-fp16, qnn-w8a16)")
+    p.add_argument("--targets", nargs="+", default=None, metavar="TARGET",
+                   help=f"registry targets to build (default: {' '.join(t.name for t in main_job_targets())}; "
+                        f"any of {' '.join(TARGETS)})")
     p.add_argument("--config", default=None, help="model size of the built-in model (advanced; default: the built-in model's)")
     p.add_argument("--photo-size", default="640x1024", help="HxW of the generated sample photo (default 640x1024)")
     p.add_argument("--no-render", action="store_true", help="skip rendering the sample photo through each backend")
@@ -231,13 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out.resolve()
-    targets = default_targets(out, args.config)
-    if args.targets:
-        unknown = sorted(set(args.targets) - {t.name for t in targets})
-        if unknown:
-            print(f"error: unknown targets {unknown}; choose from {[t.name for t in targets]}", file=sys.stderr)
-            return 2
-        targets = [t for t in targets if t.name in args.targets]
+    unknown = sorted(set(args.targets or ()) - set(TARGETS))
+    if unknown:
+        print(f"error: unknown targets {unknown}; choose from {sorted(TARGETS)}", file=sys.stderr)
+        return 2
+    targets = planned_exports(out, args.config, args.targets)
     py = sys.executable
     exports = {t.name: run_step(f"export {t.name}", [py, t.exporter, *t.args], out / "logs" / f"export-{t.name}.log")
                for t in targets}
@@ -255,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = out / t.folder
             if exports[t.name].returncode != 0 or not (folder / "manifest.json").exists():
                 continue
-            source = crop_sample_photo(photo, out / "sample" / t.name, *t.render_crop) if t.render_crop else photo
+            crop = t.target.render_crop
+            source = crop_sample_photo(photo, out / "sample" / t.name, *crop) if crop else photo
             renders[t.name] = run_step(
                 f"render {t.name}",
                 [*render(source), "--backend", t.backend, "--artifacts", str(folder),

@@ -95,11 +95,29 @@ def build_calibration_set(
     components: Sequence[str] | None = None,
     images_dir: Path | str | None = None,
 ) -> CalibrationSet:
-    """Gather samples per ``spec`` (scenes and/or the user's images) and collect the inputs."""
+    """Gather samples per ``spec`` (scenes and/or the user's images) and collect the inputs.
+
+    The tile components get ``spec.num_scenes`` scenes cut into tiles; ``depth`` gets its own
+    ``spec.depth_images`` generated photos at the depth input's size (one photo is one depth
+    input, so it needs more photos than the tile components need scenes; the host resizes every
+    photo to that square anyway, and smaller scenes are quicker to generate).
+    """
     spec = spec or CalibrationSpec()
     folder = images_dir if images_dir is not None else spec.images_dir
-    samples = gather_samples(config, num_scenes=spec.num_scenes, images_dir=folder, seed=spec.seed, K=spec.K)
-    result = collect_calibration(reference, samples, config, components=components,
-                                 max_tiles_per_image=spec.max_tiles_per_image)
+    names = list(components) if components is not None else list(reference)
+    tile_names = [n for n in names if n != "depth"]
+    result = CalibrationSet({}, [], {})
+    if tile_names:
+        samples = gather_samples(config, num_scenes=spec.num_scenes, images_dir=folder, seed=spec.seed, K=spec.K)
+        tiles = collect_calibration(reference, samples, config, components=tile_names,
+                                    max_tiles_per_image=spec.max_tiles_per_image)
+        result.inputs.update(tiles.inputs)
+        result.samples += tiles.samples
+    if "depth" in names:
+        photos = gather_samples(config, num_scenes=spec.depth_images, images_dir=folder, seed=spec.seed,
+                                scene_size=config.depth_input, K=spec.K)
+        depth = collect_calibration(reference, photos, config, components=["depth"])
+        result.inputs["depth"] = depth.inputs["depth"]
+        result.samples += [s for s in depth.samples if s not in result.samples]
     result.spec.update(spec.to_dict() | {"images_dir": str(folder) if folder else None})
     return result

@@ -24,16 +24,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .recipes import QuantRecipe, get_recipe
+from .recipes import QuantizationError, QuantRecipe, get_recipe
 
 #: How activation ranges are calibrated (see quantize_qdq).
 CALIBRATIONS = ("onnxruntime", "streaming")
 #: Operators the backwards walk from the denoiser's output passes through to reach ``eps``.
 _X0_STEP_OPS = frozenset({"Sub", "Div", "Mul", "Add"})
-
-
-class QuantizationError(RuntimeError):
-    """Quantization could not be set up or run; the message names the component and the reason."""
 
 
 @dataclass
@@ -187,7 +183,7 @@ def quantize_qdq(
     if calibration not in CALIBRATIONS:
         raise QuantizationError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    if not recipe.needs_calibration:
+    if recipe.activation_bits is None:
         raise QuantizationError(f"recipe {recipe.name!r} has float activations; the HTP path needs a W8A8 or W8A16 recipe")
     if ranges is not None and calibration != "streaming":
         raise QuantizationError("precomputed ranges need calibration='streaming'")

@@ -14,8 +14,7 @@ from typing import Sequence
 
 import torch
 
-from export.prepare import ExportError
-from quantize.recipes import QuantRecipe, get_recipe
+from quantize.recipes import QuantizationError, QuantRecipe, get_recipe
 
 
 @dataclass
@@ -75,7 +74,7 @@ def quantize_program(
     except (ValueError, TypeError) as exc:
         if isinstance(exc, ValueError) and "XNNPACK int8 supports" in str(exc):
             raise
-        raise ExportError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
+        raise QuantizationError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
     except RuntimeError as exc:
-        raise ExportError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
+        raise QuantizationError(f"int8 quantization failed for component {name!r}: {type(exc).__name__}: {exc}") from exc
     return QuantizedProgram(quantized, len(calibration_inputs), time.perf_counter() - start)

@@ -38,8 +38,8 @@ def tiny_executorch_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and the parity CLI reads ``ROOT/executorch-xnnpack-fp32``. Tests that need a changed copy copy it.
     """
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed")
-    from benchmarks.artifacts import export_target
+    from benchmarks.artifacts import export_for_benchmark
 
     root = tmp_path_factory.mktemp("tiny-executorch")
-    export_target(TINY_EXECUTORCH_TARGET, "tiny", str(root / TINY_EXECUTORCH_TARGET))
+    export_for_benchmark(TINY_EXECUTORCH_TARGET, "tiny", str(root / TINY_EXECUTORCH_TARGET))
     return root

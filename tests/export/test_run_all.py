@@ -8,14 +8,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.run_all import (StepResult, build_parser, crop_sample_photo, default_targets, main, summarise,
+from export.run_all import (StepResult, build_parser, crop_sample_photo, main, planned_exports, summarise,
                             summary_markdown, write_sample_photo)
+from export.targets import main_job_targets
+
+
+def default_targets(out: Path, config: str | None):
+    return planned_exports(out, config)
 
 
 def test_targets_cover_every_backend_family(tmp_path: Path) -> None:
     targets = default_targets(tmp_path, None)
+    assert [t.target for t in targets] == main_job_targets()  # the registry's main-job entries, in its order
     assert {t.backend for t in targets} == {"executorch", "coreml", "qnn-htp"}
     assert all(Path(t.exporter).name.startswith("to_") for t in targets)
+    for t in targets:  # --out is the artifacts folder itself, and --recipe picks the registry target
+        assert t.args[t.args.index("--out") + 1] == str(tmp_path / t.name)
+        assert t.args[t.args.index("--recipe") + 1] == t.target.recipe.name
 
 
 def test_sample_photo_has_matching_depth_and_a_non_empty_mask(tmp_path: Path) -> None:
@@ -42,6 +51,7 @@ def test_summary_reads_each_targets_own_reports(tmp_path: Path) -> None:
     summary = summarise(tmp_path, targets[:2], exports, {})
     md = summary_markdown(summary)
     assert "encoder 91.2" in md and "61.5 dB / SSIM 0.9999" in md and "2.0" in md
+    assert "component >= 60, end to end >= 60" in md  # the bars come from export/numerics/executorch.json
     assert "exit 1 (see bad.log)" in md and "not measured" in md
 
 
@@ -73,7 +83,7 @@ def test_summary_shows_a_split_reports_total_and_htp_work(tmp_path: Path) -> Non
 
 def test_qnn_render_uses_a_one_tile_crop_with_matching_depth_and_mask(tmp_path: Path) -> None:
     qnn = next(t for t in default_targets(tmp_path, None) if t.name == "qnn-w8a16")
-    assert qnn.render_crop == (512, 512)
+    assert qnn.target.render_crop == (512, 512)
     photo = write_sample_photo(tmp_path / "full", seed=3, height=96, width=160)
     crop = crop_sample_photo(photo, tmp_path / "crop", 64, 80)
     image, depth = np.array(Image.open(crop["image"])), np.load(crop["depth"])

@@ -130,35 +130,36 @@ def test_cli_end_to_end_tiny(tmp_path, capsys) -> None:
 
 
 def test_cli_mixed_tiny_decoder(tmp_path) -> None:
-    """--precision mixed end to end: sensitivity measured on real tiles, per-layer bits recorded in
+    """--recipe mixed end to end: sensitivity measured on real tiles, per-layer bits recorded in
     the manifest within the budget, and parity measured by executing the written package."""
     from export.to_coreml import main
     from runtime_py.manifest import read_manifest
 
     out = tmp_path / "mixed"
-    assert main(["--config", "tiny", "--components", "decoder", "--precision", "mixed",
+    assert main(["--config", "tiny", "--components", "decoder", "--recipe", "mixed",
                  "--mixed-average-bits", "4.5", "--parity-tiles", "1", "--out", str(out)]) == 0
     entry = read_manifest(out).components["decoder"]
     recipe = entry.extra["compression"]["decoder.mlpackage"]
     assert recipe["average_bits"] <= 4.5 and {v["bits"] for v in recipe["layers"].values()} <= {4, 6, 8}
     assert not recipe["kept_fp16"] and entry.extra["seconds"]["sensitivity"] > 0
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["meta"]["tested"] == "coreml mixed" and parity["components"]["decoder"]["psnr_db"] > 20.0
+    assert parity["meta"]["tested"] == "coreml-mixed" and parity["components"]["decoder"]["psnr_db"] > 20.0
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys) -> None:
     from export.to_coreml import main
 
     with pytest.raises(SystemExit):
-        main(["--components", "encoder,unet", "--out", str(tmp_path / "x")])
-    assert "unknown components ['unet']" in capsys.readouterr().err
+        main(["--components", "encoder", "unet", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'unet'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--precision", "int3"])
+        main(["--recipe", "int3"])
+    assert "invalid choice: 'int3'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--precision", "mixed", "--mixed-bits", "3,4", "--out", str(tmp_path / "x")])
-    assert "--mixed-bits must come from 1,2,4,6,8" in capsys.readouterr().err
+        main(["--recipe", "mixed", "--mixed-bits", "3", "4", "--out", str(tmp_path / "x")])
+    assert "--mixed-bits must come from 1 2 4 6 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--precision", "mixed", "--mixed-average-bits", "3.5", "--out", str(tmp_path / "x")])
+        main(["--recipe", "mixed", "--mixed-average-bits", "3.5", "--out", str(tmp_path / "x")])
     assert "--mixed-average-bits must lie in [4, 8]" in capsys.readouterr().err
     code = main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--components", "encoder",
                  "--out", str(tmp_path / "y")])
@@ -178,7 +179,7 @@ def test_render_image_through_coreml_backend(tmp_path) -> None:
     from runtime_py.pipeline import FocusValue, render_image
 
     out = tmp_path / "coreml"
-    assert main(["--config", "tiny", "--components", "encoder,denoiser,decoder", "--out", str(out)]) == 0
+    assert main(["--config", "tiny", "--components", "encoder", "denoiser", "decoder", "--out", str(out)]) == 0
     model = build_model("tiny", seed=0)
     rng = np.random.default_rng(0)
     image = (rng.random((160, 200, 3)) * 255).astype(np.uint8)

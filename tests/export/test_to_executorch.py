@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from export.executorch_lowering import QnnSdkMissingError, check_qnn_sdk, export_executorch, lower_component
+from export.executorch_lowering import QnnSdkMissingError, check_qnn_sdk, lower_component
+from export.flow import ExportSettings, export_target, resolve_steps
 from export.prepare import (
     DEFAULT_FOCUS_IMPLEMENTATION,
     ExportError,
@@ -19,7 +20,8 @@ from export.prepare import (
     focus_implementation_for,
     rewrites_for,
 )
-from quantize.calibration import collect_calibration
+from export.targets import VerifySpec, get_target
+from quantize.recipes import CalibrationSpec
 from runtime_py.backends import BackendUnavailableError, get_backend
 from runtime_py.backends.torch_backend import TorchBackend
 from runtime_py.components import tile_components
@@ -48,11 +50,36 @@ def samples():
     return scene_samples(1, 192, seed=11)
 
 
+def export(components, folder, target, names, **kwargs):
+    return export_target(target, components, folder, weights_sha256=WEIGHTS, log=lambda _m: None,
+                         settings=ExportSettings(components=tuple(names), **kwargs.pop("settings", {})), **kwargs)
+
+
 @pytest.fixture(scope="module")
-def fp32_folder(tmp_path_factory, components):
+def fp32_export(tmp_path_factory, components):
+    # The whole flow, verify included, on the same scene as the ``samples`` fixture (seed 11, 192 px).
     folder = tmp_path_factory.mktemp("et") / "fp32"
-    export_executorch(components, folder, recipe="xnnpack-fp32", config=CONFIG, weights_sha256=WEIGHTS, names=CHEAP)
-    return folder
+    return export(components, folder, "executorch-xnnpack-fp32", CHEAP,
+                  settings={"verify": VerifySpec(num_scenes=1, scene_size=192, seed=11, max_tiles_per_image=2)})
+
+
+@pytest.fixture(scope="module")
+def fp32_folder(fp32_export):
+    return fp32_export.folder
+
+
+def test_flow_result_has_every_step_and_component(fp32_export):
+    result = fp32_export
+    assert [r.status for r in result.steps.values()] == ["done", "skipped", "done", "done", "done"]
+    assert all(result.steps[s].seconds > 0 for s in ("prepare", "lower", "package", "verify"))
+    assert list(result.components) == CHEAP
+    for name, component in result.components.items():
+        assert component.file == f"{name}.pte" and component.bytes == (result.folder / component.file).stat().st_size
+        assert component.precision == "fp32" and component.seconds["lower"] > 0
+        assert component.parity["psnr_db"] >= 60.0  # the executorch numerics bar, met per component
+    assert result.passed and (result.folder / "parity.json").is_file() and (result.folder / "parity.md").is_file()
+    recipe = result.manifest.recipe
+    assert recipe["target"] == "executorch-xnnpack-fp32" and recipe["precision"] == "fp32"
 
 
 def test_fp32_xnnpack_parity_at_least_60_db(fp32_folder, components, samples):
@@ -80,11 +107,12 @@ def test_executorch_backend_checks_inputs(fp32_folder):
 def test_int8_xnnpack_runs_and_parity_is_reported(tmp_path, components, samples):
     # The encoder only: int8 lowering is the slowest step here; the exporter's by-hand run
     # reports every component (see the export report).
-    cal = collect_calibration(components, samples, CONFIG, components=["encoder"], max_tiles_per_image=2)
     folder = tmp_path / "int8"
-    export_executorch(components, folder, recipe="xnnpack-int8", config=CONFIG, weights_sha256=WEIGHTS,
-                      calibration=cal.as_torch(), names=["encoder"])
+    result = export(components, folder, "executorch-xnnpack-int8", ["encoder"], skip=("verify",),
+                    settings={"calibration": CalibrationSpec(num_scenes=1, max_tiles_per_image=2, seed=11)})
+    assert result.steps["quantize"].status == "done" and result.steps["verify"].status == "skipped"
     manifest = read_manifest(folder)
+    assert manifest.extra["calibration"]["batches"] == {"encoder": 2}
     assert manifest.precision == "w8a8"
     assert all(e.extra["calibration_batches"] == 2 for e in manifest.components.values())
     tested = get_backend("executorch").load(folder)
@@ -100,14 +128,19 @@ def test_int8_xnnpack_runs_and_parity_is_reported(tmp_path, components, samples)
 
 def test_int8_needs_calibration(components):
     with pytest.raises(ValueError, match="needs calibration inputs"):
-        lower_component(components["encoder"], "xnnpack-int8")
+        lower_component(components["encoder"], get_target("executorch-xnnpack-int8"))
+    with pytest.raises(ValueError, match="'lower' needs 'quantize'"):
+        resolve_steps(get_target("executorch-xnnpack-int8"), skip=["quantize"])
 
 
 def test_coreml_delegate_lowers_and_refuses_to_run_here(tmp_path, components):
     folder = tmp_path / "coreml"
-    export_executorch(components, folder, recipe="coreml-fp16", config=CONFIG, weights_sha256=WEIGHTS, names=["encoder"])
+    result = export(components, folder, "executorch-coreml-fp16", ["encoder"])
     entry = read_manifest(folder).components["encoder"]
     assert entry.extra["delegate"] == "coreml" and entry.bytes > 0 and (folder / "encoder.pte").is_file()
+    # The verify step cannot run the Core ML delegate on Linux: reported as such, not failed, not faked.
+    assert result.steps["verify"].status == "unavailable" and "Apple" in result.steps["verify"].detail
+    assert result.passed is None and not (folder / "parity.json").exists()
     with pytest.raises(BackendUnavailableError, match="coreml delegate.*Apple"):
         get_backend("executorch").load(folder)
 
@@ -115,7 +148,7 @@ def test_coreml_delegate_lowers_and_refuses_to_run_here(tmp_path, components):
 def test_qnn_without_sdk_is_a_clear_message(monkeypatch, tmp_path, components):
     monkeypatch.delenv("QNN_SDK_ROOT", raising=False)
     with pytest.raises(QnnSdkMissingError, match="set QNN_SDK_ROOT"):
-        export_executorch(components, tmp_path / "qnn", recipe="qnn-fp16", config=CONFIG, weights_sha256=WEIGHTS)
+        export(components, tmp_path / "qnn", "executorch-qnn-fp16", ["encoder"])
     assert not (tmp_path / "qnn").exists()
     monkeypatch.setenv("QNN_SDK_ROOT", str(tmp_path))
     with pytest.raises(QnnSdkMissingError, match="not a QNN SDK"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.executorch_lowering import export_executorch
+from export.flow import export_target
 from runtime_py.backends import get_backend
 from runtime_py.backends.torch_backend import TorchBackend
 from runtime_py.components import tile_components
@@ -33,7 +33,8 @@ def exported(tmp_path_factory):
     model = build_model(CONFIG, seed=0)
     components = tile_components(model)
     folder = tmp_path_factory.mktemp("et") / "fp32"
-    export_executorch(components, folder, recipe="xnnpack-fp32", config=CONFIG, weights_sha256="11" * 32)
+    export_target("executorch-xnnpack-fp32", components, folder, skip=("verify",), weights_sha256="11" * 32,
+                  log=lambda _m: None)
     return components, get_backend("executorch").load(folder, config=CONFIG)
 
 
@@ -67,18 +68,14 @@ def test_pipeline_renders_the_same_photo_through_executorch(exported):
 @pytest.mark.slow
 def test_sd21_scale_export_time_and_memory(tmp_path):
     """Full SD2.1-scale lowering (random weights): prints time and peak memory; fp32 parity on one tile."""
-    import time
-
     import torch
 
     config = get_config("sd21")
     components = tile_components(build_model(config, seed=0))
-    start = time.perf_counter()
-    report = export_executorch(components, tmp_path / "sd21", recipe="xnnpack-fp32", config=config,
-                               weights_sha256="22" * 32, progress=True)
-    peak_gb = peak_rss_bytes() / 2**30
-    print(f"sd21 xnnpack-fp32 export: {time.perf_counter() - start:.0f} s, peak RSS {peak_gb:.1f} GB, "
-          f"sizes {[(r['component'], r['bytes']) for r in report.rows()]}")
+    result = export_target("executorch-xnnpack-fp32", components, tmp_path / "sd21", skip=("verify",),
+                           weights_sha256="22" * 32)
+    print(f"sd21 xnnpack-fp32 export: {result.seconds:.0f} s, peak RSS {result.peak_rss_mib / 1024:.1f} GiB, "
+          f"sizes {[(c.name, c.bytes) for c in result.components.values()]}")
     tested = get_backend("executorch").load(tmp_path / "sd21")
     reference = TorchBackend().load(components)
     with torch.no_grad():

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.qnn_lowering import QnnOptions, export_qnn
+from export.flow import ExportSettings, export_target
 from export.qnn_rewrites import HtpRewriteError, bias_add_to_sub, check_static_graph
 from quantize.recipes import CalibrationSpec
 from runtime_py.backends import get_backend
@@ -50,15 +50,15 @@ def components(model):
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory, components) -> Path:
     out = tmp_path_factory.mktemp("qnn") / "qnn-w8a16"
-    options = QnnOptions(recipe="w8a16", socs=("SM8650",),
-                         calibration=CalibrationSpec(num_scenes=1, max_tiles_per_image=1, seed=5))
-    export_qnn(components, out, options=options, config=MICRO.to_dict(), weights_sha256="0" * 64,
-               model_label="micro test model", parity=False, log=lambda *_: None)
+    settings = ExportSettings(components=ALL_NAMES, options={"socs": ("SM8650",)},
+                              calibration=CalibrationSpec(num_scenes=1, max_tiles_per_image=1, seed=5))
+    export_target("qnn-w8a16", components, out, skip=("verify",), settings=settings, weights_sha256="0" * 64,
+                  model_label="micro test model", log=lambda *_: None)
     return out
 
 
 def test_every_component_compiled_for_the_htp_with_cpu_fallback_disabled(artifacts: Path) -> None:
-    # export_qnn compiles each QDQ model in a session with session.disable_cpu_ep_fallback=1: a
+    # the qnn lowering compiles each QDQ model in a session with session.disable_cpu_ep_fallback=1: a
     # single node the HTP could not take would have failed the export. The context model it saved
     # is the proof that the session was created.
     manifest = read_manifest(artifacts)
@@ -224,13 +224,14 @@ def test_memoised_fn_runs_each_distinct_input_once() -> None:
 
 
 def test_cli_components_include_depth_and_reject_bad_input() -> None:
-    from export.to_qnn import COMPONENTS, main
+    from export.targets import get_target
+    from export.to_qnn import main
 
-    assert COMPONENTS == ("encoder", "denoiser", "decoder", "depth")  # no args: all four
+    assert get_target("qnn-w8a16").components == ("encoder", "denoiser", "decoder", "depth")  # no args: all four
     with pytest.raises(SystemExit):
         main(["--components", "encoder", "--depth-checkpoint", "depth.safetensors"])
     with pytest.raises(SystemExit):
-        main(["--components", "depth,ears"])
+        main(["--components", "depth", "ears"])
     with pytest.raises(SystemExit):
         main(["--parity-tiles", "0"])
 
@@ -243,18 +244,22 @@ def test_default_size_depth_runs_on_the_htp(tmp_path: Path) -> None:
 
     small = get_config("small")
     depth = depth_component(build_depth_model(small.depth_size), small)
-    options = QnnOptions(recipe="w8a16", socs=("SM8650",),
-                         calibration=CalibrationSpec(num_scenes=2, max_tiles_per_image=1, seed=5))
-    result = export_qnn({"depth": depth}, tmp_path / "qnn", options=options, names=["depth"],
-                        config=small.to_dict(), weights_sha256="0" * 64, parity=True, parity_max_tiles=1,
-                        parity_scene_size=small.depth_input, log=lambda *_: None)
-    quant = result.parity["quantization"]["components"]["depth"]
-    backend = result.parity["backend"]["components"]["depth"]
+    from export.targets import VerifySpec
+
+    settings = ExportSettings(components=("depth",), options={"socs": ("SM8650",)},
+                              calibration=CalibrationSpec(num_scenes=2, max_tiles_per_image=1, seed=5),
+                              verify=VerifySpec(num_scenes=1, max_tiles_per_image=1,
+                                                scene_size=small.depth_input, seed=4321))
+    result = export_target("qnn-w8a16", {"depth": depth}, tmp_path / "qnn", settings=settings,
+                           weights_sha256="0" * 64, log=lambda *_: None)
+    parity = result.verify.report
+    quant = parity["quantization"]["components"]["depth"]
+    backend = parity["backend"]["components"]["depth"]
     print(f"518-px depth W8A16: quantization {quant['psnr_db']:.2f} dB (max abs {quant['max_abs']:.4g}), "
           f"backend {backend['psnr_db']:.2f} dB (max abs {backend['max_abs']:.4g}), "
-          f"HTP {result.parity['backend']['meta']['htp_seconds']:.1f} s, export {result.seconds:.0f} s")
+          f"HTP {parity['backend']['meta']['htp_seconds']:.1f} s, export {result.seconds:.0f} s")
     assert quant["psnr_db"] >= 30.0 and backend["psnr_db"] >= 40.0  # see test_depth_parity_on_the_htp
-    assert result.parity["backend"]["meta"]["htp_calls"] == {"depth": 1}
+    assert parity["backend"]["meta"]["htp_calls"] == {"depth": 1}
 
 
 def _add_graph(bias: np.ndarray) -> onnx.ModelProto:
@@ -292,8 +297,9 @@ def test_static_check_names_run_time_shape_ops() -> None:
 
 def test_manifest_records_recipe_and_files(artifacts: Path) -> None:
     data = json.loads((artifacts / "manifest.json").read_text())
-    assert data["recipe"]["precision"] == "w8a16"
-    assert data["recipe"]["qnn"]["socs"] == ["SM8650"]
+    assert data["recipe"]["precision"] == "w8a16" and data["recipe"]["target"] == "qnn-w8a16"
+    assert data["recipe"]["options"]["socs"] == ["SM8650"]
+    assert data["extra"]["calibration"]["batches"]["depth"] == 16  # the depth photos, one input each
     assert data["extra"]["socs"]["SM8650"]["soc_model"] == "57"
     assert data["components"]["denoiser"]["extra"]["focus_implementation"] == "split"
 
@@ -316,3 +322,19 @@ def test_sd21_denoiser_exports_with_external_data(tmp_path: Path) -> None:
           f"{result.bytes / 2**30:.2f} GiB, {report.nodes_after} nodes, peak RSS {peak_rss_mib():.0f} MiB")
     assert result.external_data and external_data_path(result.path).stat().st_size > 2**31
     assert external_data_path(tmp_path / "denoiser.fp32.onnx").exists()
+
+
+def test_onnx_fp32_target_is_the_routes_float_stage(tmp_path: Path, components) -> None:
+    """The registry's onnx-fp32 target: the same lowering without quantization or contexts, verified on
+    ONNX Runtime's CPU EP against torch (fp32 on both sides: only operator order differs)."""
+    from export.targets import VerifySpec
+
+    settings = ExportSettings(components=("decoder",),
+                              verify=VerifySpec(num_scenes=1, max_tiles_per_image=1, scene_size=96, seed=3))
+    result = export_target("onnx-fp32", components, tmp_path / "onnx", settings=settings, weights_sha256="0" * 64,
+                           log=lambda *_: None)
+    entry = result.manifest.components["decoder"]
+    assert entry.file == entry.extra["fp32_file"] == "decoder.fp32.onnx" and entry.extra["context_files"] == {}
+    assert result.manifest.precision == "fp32" and result.steps["quantize"].status == "skipped"
+    assert result.verify.executed_by == "onnxruntime-fp32" and result.passed is not False
+    assert result.components["decoder"].parity["psnr_db"] >= 60.0, result.components["decoder"].parity

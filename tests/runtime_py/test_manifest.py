@@ -1,5 +1,5 @@
-"""The artifacts manifest: round trip, tamper detection, refusal of artifacts from another model,
-and the atomic export folder (a failed export leaves nothing that looks valid)."""
+"""The artifacts manifest: round trip, tamper detection, refusal of artifacts from another model
+(the atomic export folder is tested with the export flow, tests/export/test_flow.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from export.executorch_lowering import export_executorch
-from export.prepare import ExportError
 from runtime_py.backends.executorch_backend import ExecuTorchBackend
-from runtime_py.components import Component, TensorSpec, tile_components
+from runtime_py.components import tile_components
 from runtime_py.manifest import (
     MANIFEST_NAME,
     ComponentEntry,
@@ -104,38 +101,3 @@ def test_wrong_schema_version_is_refused(tmp_path, components):
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="schema version 999"):
         read_manifest(tmp_path / "art")
-
-
-class _Broken(Component):
-    """A component whose graph cannot be traced (data-dependent Python control flow)."""
-
-    name = "broken"
-
-    def input_specs(self):
-        return [TensorSpec("x", (1, 3, 8, 8))]
-
-    def output_specs(self):
-        return [TensorSpec("y", (1, 3, 8, 8))]
-
-    def forward(self, x):
-        if float(x.sum()) > 0:  # data-dependent branch: torch.export refuses it
-            return x * 2
-        return x
-
-
-def test_failed_export_leaves_no_folder_and_names_the_component(tmp_path):
-    out = tmp_path / "art"
-    with pytest.raises(ExportError, match="component 'broken'"):
-        export_executorch({"broken": _Broken()}, out, recipe="xnnpack-fp32", config=get_config("tiny"),
-                          weights_sha256="00" * 32)
-    assert not out.exists()
-    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-
-
-def test_unknown_recipe_and_component_are_clear(tmp_path, components):
-    with pytest.raises(ValueError, match="unknown ExecuTorch recipe 'xnnpack-int3'"):
-        export_executorch(components, tmp_path / "a", recipe="xnnpack-int3", config=get_config("tiny"), weights_sha256="0")
-    with pytest.raises(ValueError, match=r"unknown components \['unet'\]"):
-        export_executorch(components, tmp_path / "a", recipe="xnnpack-fp32", config=get_config("tiny"),
-                          weights_sha256="0", names=["unet"])
-    torch.manual_seed(0)  # keep global RNG use explicit for the other tests
