@@ -15,8 +15,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "ios_demo"
 SWIFT_TESTS = PACKAGE / "Tests" / "MagicBokehKitTests"
-SWIFT = shutil.which("swift")
-SWIFTC = shutil.which("swiftc")
+#: The project's machines install Swift under /opt/swift; a non-login shell may not have it on PATH.
+_SWIFT_FALLBACK = "/opt/swift/usr/bin"
+SWIFT = shutil.which("swift") or shutil.which("swift", path=_SWIFT_FALLBACK)
+SWIFTC = shutil.which("swiftc") or shutil.which("swiftc", path=_SWIFT_FALLBACK)
 
 # name -> (config or None for the default model, (height, width), focus ("mask" or (x, y)), K, seed)
 GOLDEN_CASES: dict[str, tuple[str | None, tuple[int, int], object, int, int]] = {
