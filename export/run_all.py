@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from export.targets import FAMILIES, TARGETS, Target, get_target, main_job_targets
 
 REPO = Path(__file__).resolve().parent.parent
