@@ -81,6 +81,14 @@ def run_parity_command(args: argparse.Namespace) -> int:
     if args.num_scenes < 0:
         return _usage_error("--num-scenes must be >= 0")
     try:
+        thresholds = ParityThresholds(args.min_psnr_component, args.min_psnr_end_to_end, args.min_ssim,
+                                      conditioning_ratio_band=tuple(args.conditioning_band))
+        k1, k2 = args.conditioning_apertures
+        if not (1 <= k1 <= 32 and 1 <= k2 <= 32 and k1 != k2):
+            raise ValueError(f"--conditioning-apertures must be two different K in 1..32, got {k1} {k2}")
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    try:
         manifest = read_manifest(args.artifacts)
         model, label = load_weights(args, default_config=manifest.config.get("name") or None)
         names = tuple(args.components) if args.components else tuple(manifest.components)
@@ -99,14 +107,6 @@ def run_parity_command(args: argparse.Namespace) -> int:
     compared = [n for n in names if n in reference]
     if not compared:
         return _usage_error(f"the artifacts hold {list(names)}; parity here compares the tile components only")
-    try:
-        thresholds = ParityThresholds(args.min_psnr_component, args.min_psnr_end_to_end, args.min_ssim,
-                                      conditioning_ratio_band=tuple(args.conditioning_band))
-        k1, k2 = args.conditioning_apertures
-        if not (1 <= k1 <= 32 and 1 <= k2 <= 32 and k1 != k2):
-            raise ValueError(f"--conditioning-apertures must be two different K in 1..32, got {k1} {k2}")
-    except ValueError as exc:
-        return _usage_error(str(exc))
     result = run_parity(
         reference, tested, samples, config=model.config, components=compared,
         max_tiles_per_image=args.max_tiles, end_to_end=not args.no_end_to_end, thresholds=thresholds,

@@ -191,9 +191,16 @@ def test_cli_measures_real_artifacts_and_a_perturbed_copy(executorch_pair, tmp_p
     # XNNPACK fp32 against eager torch: float rounding only (the 60 dB fp32 bar), never bit-identical.
     for name in ("encoder", "denoiser", "decoder"):
         assert 60.0 <= good["components"][name]["psnr_db"] < math.inf, name
-    capsys.readouterr()
+    # The conditioning check is on by default: fp32 XNNPACK keeps the reference's response to
+    # K and focus (float rounding moves the ratio by far less than the 0.8-1.25 band).
+    for part in ("denoiser", "end_to_end"):
+        for axis in ("aperture", "focus"):
+            assert 0.8 <= good["conditioning"][part][axis]["norm_ratio"] <= 1.25, (part, axis)
+    assert "response ratio" in capsys.readouterr().out
 
-    status = _run_cli(["--artifacts", str(perturbed), "--out", str(tmp_path / "perturbed"), *thresholds])
+    # (the conditioning check is left to the clean run: this one is about the plain figures)
+    status = _run_cli(["--artifacts", str(perturbed), "--out", str(tmp_path / "perturbed"), "--no-conditioning",
+                       *thresholds])
     bad = json.loads((tmp_path / "perturbed" / PARITY_JSON).read_text())
     err = capsys.readouterr().err
     assert status == 1 and bad["passed"] is False and "threshold missed: component decoder" in err
@@ -202,6 +209,7 @@ def test_cli_measures_real_artifacts_and_a_perturbed_copy(executorch_pair, tmp_p
     # 20 * log10(1 / 0.02) = 34 dB (less where the output clips), far below the clean figure.
     for name in ("encoder", "denoiser"):
         assert bad["components"][name]["psnr_db"] == good["components"][name]["psnr_db"], name
+    assert bad["conditioning"] is None
     assert bad["components"]["decoder"]["psnr_db"] < min(40.0, good["components"]["decoder"]["psnr_db"] - 20.0)
     assert bad["end_to_end"]["psnr_db"] < good["end_to_end"]["psnr_db"]
 
@@ -212,6 +220,9 @@ def test_cli_refuses_artifacts_of_another_model(tmp_path, capsys):
     assert status == 2
     assert "exported from config 'tiny'" in capsys.readouterr().err
     assert _run_cli(["--artifacts", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    assert _run_cli(["--artifacts", str(art), "--conditioning-band", "1.1", "1.3"]) == 2
+    assert "conditioning ratio band" in capsys.readouterr().err
 
 
 def test_split_parity_feeds_every_part_the_reference_chains_inputs(reference, samples):
