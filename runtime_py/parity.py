@@ -130,9 +130,25 @@ class ParityThresholds:
     min_psnr_component: float | None = None
     min_psnr_end_to_end: float | None = None
     min_ssim: float | None = None
+    conditioning_ratio_band: tuple[float, float] | None = (0.8, 1.25)
+    """Allowed ``||tested difference|| / ||reference difference||`` of the conditioning-sensitivity
+    check (applies only when that check runs). 0.8-1.25: a response within about 2 dB of the
+    reference's; a collapsed conditioning (a quantized model that ignores K or the focus) falls far
+    below, an overdriven one above."""
 
-    def to_dict(self) -> dict[str, float | None]:
-        return _dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        band = self.conditioning_ratio_band
+        if band is not None:
+            lo, hi = band
+            if not (0 <= lo <= 1 <= hi and math.isfinite(hi)):
+                raise ValueError(f"conditioning ratio band must be (low <= 1 <= high), got {band}")
+            object.__setattr__(self, "conditioning_ratio_band", (float(lo), float(hi)))
+
+    def to_dict(self) -> dict[str, _Any]:
+        data = _dataclasses.asdict(self)
+        band = self.conditioning_ratio_band
+        data["conditioning_ratio_band"] = list(band) if band is not None else None
+        return data
 
 
 class _Pool:
@@ -175,6 +191,82 @@ class _Pool:
         }
 
 
+# -- conditioning sensitivity -------------------------------------------------------------------------
+#
+# Plain parity at one setting cannot tell a model that still listens to its conditioning from one
+# whose response has collapsed: a quantized UNet can match the reference image while its change
+# between two conditionings is a few percent of the reference's. So each backend's DIFFERENCE
+# between two settings (two apertures K; two focus depths) is compared with the reference's same
+# difference: PSNR of the difference images (peak: max|reference difference|) and the ratio of
+# their L2 norms (tested / reference; 1 = the same strength of response).
+
+CONDITIONING_AXES = ("aperture", "focus")
+DEFAULT_CONDITIONING_APERTURES = (8, 32)
+
+
+class _ResponsePool(_Pool):
+    """A :class:`_Pool` of difference images that also sums both sides' squared norms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reference_sq = 0.0
+        self.test_sq = 0.0
+
+    def add_response(self, ref_base: np.ndarray, ref_alt: np.ndarray, test_base: np.ndarray,
+                     test_alt: np.ndarray, label: str, **extra: _Any) -> dict[str, _Any]:
+        ref_diff = np.asarray(ref_alt, np.float64) - np.asarray(ref_base, np.float64)
+        test_diff = np.asarray(test_alt, np.float64) - np.asarray(test_base, np.float64)
+        ref_sq, test_sq = float(np.sum(ref_diff**2)), float(np.sum(test_diff**2))
+        self.reference_sq += ref_sq
+        self.test_sq += test_sq
+        return self.add(ref_diff, test_diff, label, norm_ratio=_norm_ratio(test_sq, ref_sq),
+                        reference_norm=math.sqrt(ref_sq), **extra)
+
+    def summary(self) -> dict[str, _Any]:
+        return super().summary() | {
+            "psnr_peak": self.peak,
+            "norm_ratio": _norm_ratio(self.test_sq, self.reference_sq),
+            "reference_norm": math.sqrt(self.reference_sq),
+            "test_norm": math.sqrt(self.test_sq),
+            "items": self.items,
+        }
+
+
+def _norm_ratio(test_sq: float, reference_sq: float) -> float:
+    """``||test|| / ||reference||``; NaN when the reference does not respond at all (nothing to compare)."""
+    if reference_sq == 0.0:
+        return 1.0 if test_sq == 0.0 else math.nan
+    return math.sqrt(test_sq / reference_sq)
+
+
+def conditioning_settings(sample: _Any, config: _Any,
+                          apertures: tuple[int, int] = DEFAULT_CONDITIONING_APERTURES) -> dict[str, dict[str, _Any]]:
+    """The one extra setting per axis for ``sample`` (its own K and focus are the base setting).
+
+    Aperture: whichever of ``apertures`` is farther from the sample's K, same focus. Focus: the
+    sample's K with the focus moved to whichever of the 5th / 95th percentile of the 8-bit depth
+    is farther from the base focus, so the in-focus region moves to the other end of the scene
+    (percentiles rather than min / max: a few stray pixels must not set it).
+    """
+    from .contract import FocusValue, depth_to_u8, resolve_focus
+
+    depth_u8 = depth_to_u8(sample.depth)
+    base_focus = resolve_focus(depth_u8, sample.focus)
+    alt_k = max(apertures, key=lambda k: (abs(k - sample.K), k))
+    if alt_k == sample.K:
+        raise ValueError(f"conditioning apertures {apertures} hold only the sample's own K = {sample.K}")
+    unit = depth_u8.astype(np.float64) / 255.0
+    far = max((float(np.percentile(unit, q)) for q in (5, 95)), key=lambda f: abs(f - base_focus))
+    return {
+        "aperture": {"K": int(alt_k), "focus": sample.focus, "base_K": sample.K, "focus_value": base_focus},
+        "focus": {"K": sample.K, "focus": FocusValue(far), "base_focus_value": base_focus, "focus_value": far},
+    }
+
+
+def _setting_row(setting: _Mapping[str, _Any]) -> dict[str, _Any]:
+    return {k: v for k, v in setting.items() if k != "focus"}
+
+
 @_dataclasses.dataclass
 class ParityResult:
     """Everything ``parity.json`` holds; ``passed`` is False when any threshold is missed."""
@@ -185,6 +277,9 @@ class ParityResult:
     failures: list[str]
     samples: list[dict[str, _Any]]
     meta: dict[str, _Any] = _dataclasses.field(default_factory=dict)
+    conditioning: dict[str, _Any] | None = None
+    """``{"denoiser": {axis: figures}, "end_to_end": {axis: figures}, "settings": {sample: ...}}``
+    when the conditioning-sensitivity check ran (see :func:`run_parity`)."""
 
     @property
     def passed(self) -> bool:
@@ -199,6 +294,7 @@ class ParityResult:
             "end_to_end": self.end_to_end,
             "samples": self.samples,
             "meta": self.meta,
+            "conditioning": self.conditioning,
         }
 
 
@@ -218,6 +314,22 @@ def _check_thresholds(components: dict[str, dict[str, _Any]], e2e: dict[str, _An
     return failures
 
 
+def _check_conditioning(conditioning: dict[str, _Any] | None, thresholds: ParityThresholds) -> list[str]:
+    if conditioning is None or thresholds.conditioning_ratio_band is None:
+        return []
+    lo, hi = thresholds.conditioning_ratio_band
+    failures = []
+    for part in ("denoiser", "end_to_end"):
+        for axis, figures in (conditioning.get(part) or {}).items():
+            ratio = figures["norm_ratio"]
+            if math.isnan(ratio):
+                failures.append(f"conditioning {part} {axis}: the reference does not respond to the change, "
+                                "so the response cannot be checked")
+            elif not lo <= ratio <= hi:
+                failures.append(f"conditioning {part} {axis}: response norm ratio {ratio:.3f} outside [{lo}, {hi}]")
+    return failures
+
+
 def run_parity(
     reference_fns: _Mapping[str, _Callable[..., np.ndarray]],
     test_fns: _Mapping[str, _Callable[..., np.ndarray]],
@@ -231,6 +343,8 @@ def run_parity(
     progress: bool = False,
     meta: _Mapping[str, _Any] | None = None,
     input_fns: _Mapping[str, _Callable[..., np.ndarray]] | None = None,
+    conditioning: bool = False,
+    conditioning_apertures: tuple[int, int] = DEFAULT_CONDITIONING_APERTURES,
 ) -> ParityResult:
     """Compare ``test_fns`` with ``reference_fns`` (both: name -> numpy callable) on real samples.
 
@@ -245,6 +359,14 @@ def run_parity(
     component; when it is not the reference, the reference is run on those same inputs too. Why:
     comparing two backends on another chain's inputs (e.g. CPU QDQ vs NPU both on the fp32
     chain's latents) lets every comparison of a split report share one set of slow NPU runs.
+
+    ``conditioning``: also check the response to the conditioning (:func:`conditioning_settings`:
+    one extra aperture and one extra focus depth per sample, the sample's own setting the base).
+    The denoiser is run at each extra setting on the same tiles and latents as its plain figure
+    (two extra runs per tile and backend); end to end, each sample is rendered twice more per
+    backend. Each backend's difference (extra setting - base) is compared with the reference's:
+    PSNR of the differences (peak max|reference difference|) and their norm ratio, checked
+    against ``thresholds.conditioning_ratio_band``.
     """
     from .model.config import get_config
     from .components import TILE_COMPONENTS
@@ -270,6 +392,21 @@ def run_parity(
     timings: dict[str, float] = {}
     pools = {name: _Pool() for name in names}
     tile_names = [n for n in names if n in TILE_COMPONENTS]
+    settings: dict[str, dict[str, dict[str, _Any]]] = {}
+    alt_maps: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    denoiser_response: dict[str, _ResponsePool] = {}
+    if conditioning:
+        from .contract import defocus_maps, depth_to_u8, resolve_focus
+
+        for sample in samples:
+            settings[sample.name] = conditioning_settings(sample, config, conditioning_apertures)
+            depth_u8 = depth_to_u8(sample.depth)
+            alt_maps[sample.name] = {
+                axis: defocus_maps(depth_u8, resolve_focus(depth_u8, s["focus"]), s["K"], config.defocus_in_focus_threshold)
+                for axis, s in settings[sample.name].items()
+            }
+        if "denoiser" in tile_names:
+            denoiser_response = {axis: _ResponsePool() for axis in CONDITIONING_AXES}
     if tile_names:
         start = _time.perf_counter()
 
@@ -279,6 +416,14 @@ def run_parity(
                 out = np.asarray(test_fns[name](*record.inputs(name)), dtype=np.float32)
                 ref = record.output(name) if input_fns is None else reference_fns[name](*record.inputs(name))
                 pools[name].add(ref, out, label, in_focus_fraction=record.extra.get("in_focus_fraction"))
+                if name == "denoiser" and denoiser_response:
+                    rows, cols = record.box.slices()
+                    for axis, (defocus, in_focus) in alt_maps[record.sample].items():
+                        alt = (record.latent, np.ascontiguousarray(defocus[None, None, rows, cols]),
+                               np.ascontiguousarray(in_focus[None, None, rows, cols]))
+                        denoiser_response[axis].add_response(
+                            ref, reference_fns[name](*alt), out, np.asarray(test_fns[name](*alt), dtype=np.float32),
+                            label)
             say(f"  tile {label}: " + ", ".join(f"{n} {pools[n].items[-1]['psnr_db']:.1f} dB" for n in tile_names),
                 flush=True)
 
@@ -294,9 +439,12 @@ def run_parity(
     e2e: dict[str, _Any] | None = None
     sample_rows: list[dict[str, _Any]] = []
     can_render = all(n in reference_fns and n in test_fns for n in TILE_COMPONENTS)
+    e2e_response: dict[str, _ResponsePool] = {}
     if end_to_end and can_render:
         start = _time.perf_counter()
         final, raw = _Pool(), _Pool()
+        if conditioning:
+            e2e_response = {axis: _ResponsePool() for axis in CONDITIONING_AXES}
         ssims, raw_ssims = [], []
         for sample in samples:
             kwargs = dict(config=config, K=sample.K, focus=sample.focus)
@@ -310,6 +458,11 @@ def run_parity(
                              pixels_differing=int(np.count_nonzero(ref.image != tst.image)))
             raw.add(ref.raw, tst.raw, sample.name, ssim=s_raw)
             say(f"  end to end {sample.name}: {item['psnr_db']:.2f} dB, SSIM {s:.5f}", flush=True)
+            for axis, pool in e2e_response.items():
+                alt = dict(config=config, K=settings[sample.name][axis]["K"], focus=settings[sample.name][axis]["focus"])
+                ref_alt = render_image(sample.image_u8, sample.depth, components=reference_fns, **alt)
+                tst_alt = render_image(sample.image_u8, sample.depth, components=test_fns, **alt)
+                pool.add_response(ref.image, ref_alt.image, tst.image, tst_alt.image, sample.name)
         e2e = final.summary() | {
             "ssim": float(np.mean(ssims)),
             "ssim_worst": float(np.min(ssims)),
@@ -320,10 +473,19 @@ def run_parity(
     for sample in samples:
         sample_rows.append({"name": sample.name, "source": sample.source, "height": sample.shape[0],
                             "width": sample.shape[1], "K": sample.K, "focus": type(sample.focus).__name__})
+    conditioning_figures: dict[str, _Any] | None = None
+    if conditioning:
+        conditioning_figures = {
+            "apertures": list(conditioning_apertures),
+            "settings": {name: {axis: _setting_row(s) for axis, s in axes.items()} for name, axes in settings.items()},
+            "denoiser": {axis: pool.summary() for axis, pool in denoiser_response.items()} or None,
+            "end_to_end": {axis: pool.summary() for axis, pool in e2e_response.items()} or None,
+        }
     failures = _check_thresholds(component_figures, e2e, thresholds)
+    failures += _check_conditioning(conditioning_figures, thresholds)
     info = {"config": config.name, "max_tiles_per_image": max_tiles_per_image, "seconds": timings}
     info.update(dict(meta or {}))
-    return ParityResult(component_figures, e2e, thresholds, failures, sample_rows, info)
+    return ParityResult(component_figures, e2e, thresholds, failures, sample_rows, info, conditioning_figures)
 
 
 def _fmt(value: _Any, digits: int = 2) -> str:
@@ -363,12 +525,35 @@ def parity_markdown(result: ParityResult, title: str = "Parity report") -> str:
                   f"| final (after colour fix) | {_fmt(e['psnr_db'])} | {_fmt(e['psnr_db_worst'])} | {_fmt(e['ssim'], 5)} | {_fmt(e['max_abs'], 0)} |",
                   f"| blended, before colour fix | {_fmt(b['psnr_db'])} | {_fmt(b['psnr_db_worst'])} | {_fmt(b['ssim'], 5)} | {_fmt(b['max_abs'], 0)} |",
                   ""]
+    if result.conditioning is not None:
+        lines += _conditioning_markdown(result.conditioning, t)
     lines += ["## Samples", "", "| name | source | size | K | focus |", "|---|---|---|---|---|"]
     for s in result.samples:
         lines.append(f"| {s['name']} | {s['source']} | {s['height']}x{s['width']} | {s['K']} | {s['focus']} |")
     if result.failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in result.failures]
     return "\n".join(lines) + "\n"
+
+
+def _conditioning_markdown(conditioning: _Mapping[str, _Any], thresholds: ParityThresholds) -> list[str]:
+    band = thresholds.conditioning_ratio_band
+    lines = ["## Conditioning sensitivity (response to a change of aperture / focus)", "",
+             "Each backend's difference between the sample's own setting and one extra setting per axis, "
+             "compared with the reference's same difference: PSNR of the differences with peak "
+             "max|reference difference| (stated per row), and the L2 norm ratio tested / reference "
+             f"(allowed: {'report only' if band is None else f'{band[0]} to {band[1]}'}).", "",
+             "| part | axis | PSNR of difference (dB) | peak | norm ratio | reference norm | items |",
+             "|---|---|---|---|---|---|---|"]
+    for part, label in (("denoiser", "denoiser x0 (same latent)"), ("end_to_end", "end to end (8-bit photo)")):
+        for axis, f in (conditioning.get(part) or {}).items():
+            lines.append(f"| {label} | {axis} | {_fmt(f['psnr_db'])} | {_fmt(f['psnr_peak'], 4)} | "
+                         f"{_fmt(f['norm_ratio'], 3)} | {_fmt(f['reference_norm'], 4)} | {f['count']} |")
+    lines += ["", "| sample | aperture: K base -> extra | focus: depth base -> extra (K fixed) |", "|---|---|---|"]
+    for name, axes in conditioning.get("settings", {}).items():
+        a, fo = axes["aperture"], axes["focus"]
+        lines.append(f"| {name} | {a['base_K']} -> {a['K']} | {_fmt(fo['base_focus_value'], 3)} -> "
+                     f"{_fmt(fo['focus_value'], 3)} |")
+    return lines + [""]
 
 
 def write_parity_report(result: ParityResult, folder: _Path | str, title: str = "Parity report") -> tuple[_Path, _Path]:
@@ -411,14 +596,17 @@ def run_split_parity(
     quantization_thresholds: ParityThresholds | None = None,
     backend_thresholds: ParityThresholds | None = None,
     meta: _Mapping[str, _Any] | None = None,
+    conditioning: bool = False,
 ) -> dict[str, ParityResult]:
     """``{"quantization": ref vs cpu, "backend": cpu vs device, "total": ref vs device}``, each a
     :class:`ParityResult` from :func:`run_parity` on the same samples.
 
     Every part's tile components see the fp32 reference chain's stage inputs, so with memoised
-    callables the device runs each component input once for "backend" and "total" together.
+    callables the device runs each component input once for "backend" and "total" together
+    (``conditioning`` included: every part uses the same extra settings).
     """
-    common = dict(config=config, max_tiles_per_image=max_tiles_per_image, end_to_end=end_to_end)
+    common = dict(config=config, max_tiles_per_image=max_tiles_per_image, end_to_end=end_to_end,
+                  conditioning=conditioning)
     meta = dict(meta or {})
     results = {
         "quantization": run_parity(reference_fns, cpu_fns, samples, thresholds=quantization_thresholds,

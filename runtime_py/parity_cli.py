@@ -5,6 +5,9 @@ The reference is the model the artifacts were exported from (the built-in model 
 configuration are refused. Inputs are real: generated scenes (``--num-scenes``) and/or a folder of
 photos with their depth maps (``--images``). Writes ``parity.json`` and ``parity.md`` (into the
 artifacts folder unless ``--out``) and exits 1 when a threshold is missed, 2 on a usage error.
+Beside the plain figures it checks the response to the conditioning (one extra aperture and one
+extra focus depth per image; ``--no-conditioning`` skips it): a quantized model can match the
+reference at one setting while its response to K or the focus has collapsed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ def add_parity_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     t.add_argument("--min-psnr-component", type=float, default=None, help="dB, each component")
     t.add_argument("--min-psnr-end-to-end", type=float, default=None, help="dB, the final photo")
     t.add_argument("--min-ssim", type=float, default=None, help="SSIM of the final photo")
+    t.add_argument("--conditioning-band", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.8, 1.25),
+                   help="allowed norm ratio (tested / reference) of the response to a change of aperture "
+                        "or focus (default 0.8 1.25)")
+    c = p.add_argument_group("conditioning sensitivity (on by default)")
+    c.add_argument("--no-conditioning", action="store_true",
+                   help="skip the check of the response to the conditioning (saves 2 denoiser runs per tile "
+                        "and 2 renders per image on each backend)")
+    c.add_argument("--conditioning-apertures", type=int, nargs=2, metavar=("K1", "K2"), default=(8, 32),
+                   help="apertures of the aperture axis: the one farther from a sample's K is its extra "
+                        "setting (default 8 32)")
     p.add_argument("--out", type=Path, default=None, help="folder for parity.json / parity.md (default: --artifacts)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(handler=run_parity_command)
@@ -68,6 +81,14 @@ def run_parity_command(args: argparse.Namespace) -> int:
     if args.num_scenes < 0:
         return _usage_error("--num-scenes must be >= 0")
     try:
+        thresholds = ParityThresholds(args.min_psnr_component, args.min_psnr_end_to_end, args.min_ssim,
+                                      conditioning_ratio_band=tuple(args.conditioning_band))
+        k1, k2 = args.conditioning_apertures
+        if not (1 <= k1 <= 32 and 1 <= k2 <= 32 and k1 != k2):
+            raise ValueError(f"--conditioning-apertures must be two different K in 1..32, got {k1} {k2}")
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    try:
         manifest = read_manifest(args.artifacts)
         model, label = load_weights(args, default_config=manifest.config.get("name") or None)
         names = tuple(args.components) if args.components else tuple(manifest.components)
@@ -86,12 +107,12 @@ def run_parity_command(args: argparse.Namespace) -> int:
     compared = [n for n in names if n in reference]
     if not compared:
         return _usage_error(f"the artifacts hold {list(names)}; parity here compares the tile components only")
-    thresholds = ParityThresholds(args.min_psnr_component, args.min_psnr_end_to_end, args.min_ssim)
     result = run_parity(
         reference, tested, samples, config=model.config, components=compared,
         max_tiles_per_image=args.max_tiles, end_to_end=not args.no_end_to_end, thresholds=thresholds,
         meta={"reference": "torch fp32", "tested": backend_name, "artifacts": str(args.artifacts),
               "recipe": manifest.recipe.get("name", manifest.precision), "model_label": label},
+        conditioning=not args.no_conditioning, conditioning_apertures=tuple(args.conditioning_apertures),
     )
     json_path, md_path = write_parity_report(result, args.out or args.artifacts,
                                              title=f"{backend_name} {manifest.recipe.get('name', '')} parity".strip())
@@ -100,6 +121,11 @@ def run_parity_command(args: argparse.Namespace) -> int:
     if result.end_to_end is not None:
         e = result.end_to_end
         print(f"{'end2end':<10} PSNR {e['psnr_db']:8.2f} dB   SSIM {e['ssim']:.5f}   max abs {e['max_abs']:.0f} levels")
+    for part, axes in (result.conditioning or {}).items():
+        if part in ("denoiser", "end_to_end") and axes:
+            for axis, f in axes.items():
+                print(f"{'cond ' + part:<10} {axis:<8} response ratio {f['norm_ratio']:.3f}   "
+                      f"PSNR of difference {f['psnr_db']:.2f} dB")
     print(f"wrote {json_path} and {md_path}")
     if not result.passed:
         for failure in result.failures:

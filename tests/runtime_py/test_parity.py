@@ -18,6 +18,7 @@ import torch
 from runtime_py.backends.torch_backend import TorchBackend
 from runtime_py.cli import main as cli_main
 from runtime_py.components import tile_components
+from runtime_py.contract import depth_to_u8
 from runtime_py.manifest import ComponentEntry, Manifest, write_manifest
 from runtime_py.model import build_model, get_config
 from runtime_py.parity import PARITY_JSON, PARITY_MD, ParityThresholds, psnr, run_parity, write_parity_report
@@ -190,9 +191,16 @@ def test_cli_measures_real_artifacts_and_a_perturbed_copy(executorch_pair, tmp_p
     # XNNPACK fp32 against eager torch: float rounding only (the 60 dB fp32 bar), never bit-identical.
     for name in ("encoder", "denoiser", "decoder"):
         assert 60.0 <= good["components"][name]["psnr_db"] < math.inf, name
-    capsys.readouterr()
+    # The conditioning check is on by default: fp32 XNNPACK keeps the reference's response to
+    # K and focus (float rounding moves the ratio by far less than the 0.8-1.25 band).
+    for part in ("denoiser", "end_to_end"):
+        for axis in ("aperture", "focus"):
+            assert 0.8 <= good["conditioning"][part][axis]["norm_ratio"] <= 1.25, (part, axis)
+    assert "response ratio" in capsys.readouterr().out
 
-    status = _run_cli(["--artifacts", str(perturbed), "--out", str(tmp_path / "perturbed"), *thresholds])
+    # (the conditioning check is left to the clean run: this one is about the plain figures)
+    status = _run_cli(["--artifacts", str(perturbed), "--out", str(tmp_path / "perturbed"), "--no-conditioning",
+                       *thresholds])
     bad = json.loads((tmp_path / "perturbed" / PARITY_JSON).read_text())
     err = capsys.readouterr().err
     assert status == 1 and bad["passed"] is False and "threshold missed: component decoder" in err
@@ -201,6 +209,7 @@ def test_cli_measures_real_artifacts_and_a_perturbed_copy(executorch_pair, tmp_p
     # 20 * log10(1 / 0.02) = 34 dB (less where the output clips), far below the clean figure.
     for name in ("encoder", "denoiser"):
         assert bad["components"][name]["psnr_db"] == good["components"][name]["psnr_db"], name
+    assert bad["conditioning"] is None
     assert bad["components"]["decoder"]["psnr_db"] < min(40.0, good["components"]["decoder"]["psnr_db"] - 20.0)
     assert bad["end_to_end"]["psnr_db"] < good["end_to_end"]["psnr_db"]
 
@@ -211,6 +220,9 @@ def test_cli_refuses_artifacts_of_another_model(tmp_path, capsys):
     assert status == 2
     assert "exported from config 'tiny'" in capsys.readouterr().err
     assert _run_cli(["--artifacts", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    assert _run_cli(["--artifacts", str(art), "--conditioning-band", "1.1", "1.3"]) == 2
+    assert "conditioning ratio band" in capsys.readouterr().err
 
 
 def test_split_parity_feeds_every_part_the_reference_chains_inputs(reference, samples):
@@ -235,3 +247,103 @@ def test_split_parity_feeds_every_part_the_reference_chains_inputs(reference, sa
     for name in ("encoder", "denoiser", "decoder"):
         assert len(seen[name]) == 1, name  # one tile, one distinct input across both parts
         assert math.isfinite(results["backend"].components[name]["psnr_db"])
+
+
+# -- conditioning sensitivity -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_tile_sample():
+    # One generated scene of exactly one tile: each extra end-to-end render is a single tile.
+    return gather_samples(CONFIG, num_scenes=1, scene_size=CONFIG.tile)
+
+
+def _collapsed(denoiser):
+    """A denoiser that ignores the conditioning: for each latent it answers with the defocus maps
+    of the first call it saw for that latent (the base setting, which parity runs first), so its
+    plain parity at that setting is exact while its response to K or the focus is zero."""
+    first_maps: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def run(latent, defocus, in_focus):
+        defocus, in_focus = first_maps.setdefault(np.ascontiguousarray(latent).tobytes(), (defocus, in_focus))
+        return denoiser(latent, defocus, in_focus)
+    return run
+
+
+def _amplified(denoiser, gain: float = 2.0):
+    """A denoiser whose response to the conditioning is ``gain`` times the reference's: the
+    K-independent part is x0 at zero defocus (K -> 0: everything in focus), and only x0's
+    deviation from it is scaled, so every difference between two settings scales by ``gain``."""
+    def run(latent, defocus, in_focus):
+        still = np.asarray(denoiser(latent, np.zeros_like(defocus), np.ones_like(in_focus)), np.float64)
+        return (still + gain * (np.asarray(denoiser(latent, defocus, in_focus), np.float64) - still)).astype(np.float32)
+    return run
+
+
+def test_conditioning_of_identical_backends_is_exact(reference, one_tile_sample, tmp_path):
+    copy = TorchBackend().load(tile_components(build_model("tiny", seed=0)))
+    result = run_parity(reference, copy, one_tile_sample, config=CONFIG, max_tiles_per_image=1, conditioning=True)
+    assert result.passed, result.failures
+    cond = result.conditioning
+    for part in ("denoiser", "end_to_end"):
+        assert set(cond[part]) == {"aperture", "focus"}
+        for axis, figures in cond[part].items():
+            assert figures["norm_ratio"] == 1.0 and figures["psnr_db"] == math.inf, (part, axis)
+            # The settings really differ: the reference responds, so the ratio is not 0 / 0.
+            assert figures["reference_norm"] > 0 and figures["psnr_peak"] > 0, (part, axis)
+    # One extra setting per axis: the farther of K = 8 / 32 from the sample's K, and the farther
+    # of the 5th / 95th depth percentiles (of the 8-bit depth the pipeline uses) from the focus.
+    (setting,) = cond["settings"].values()
+    assert setting["aperture"]["K"] == max((8, 32), key=lambda k: abs(k - one_tile_sample[0].K))
+    base_f, far_f = setting["focus"]["base_focus_value"], setting["focus"]["focus_value"]
+    ends = np.percentile(depth_to_u8(one_tile_sample[0].depth) / 255.0, [5, 95])
+    assert far_f in ends and abs(far_f - base_f) == max(abs(ends - base_f))
+
+    json_path, md_path = write_parity_report(result, tmp_path)
+    data = json.loads(json_path.read_text())
+    assert data["thresholds"]["conditioning_ratio_band"] == [0.8, 1.25]
+    assert data["conditioning"]["denoiser"]["aperture"]["norm_ratio"] == 1.0
+    assert "## Conditioning sensitivity" in md_path.read_text()
+
+
+def test_collapsed_conditioning_passes_plain_parity_but_fails_the_check(reference, one_tile_sample):
+    tested = dict(reference, denoiser=_collapsed(reference["denoiser"]))
+    result = run_parity(reference, tested, one_tile_sample, config=CONFIG, max_tiles_per_image=1, conditioning=True,
+                        thresholds=ParityThresholds(60, 60, 0.999))
+    # Plain parity at the sample's own setting is exact: the plain check alone would pass it.
+    for name in ("encoder", "denoiser", "decoder"):
+        assert result.components[name]["psnr_db"] == math.inf, name
+    assert result.end_to_end["psnr_db"] == math.inf
+    assert not result.passed
+    for part in ("denoiser", "end_to_end"):
+        for axis in ("aperture", "focus"):
+            assert result.conditioning[part][axis]["norm_ratio"] < 0.8, (part, axis)
+            assert any(f.startswith(f"conditioning {part} {axis}") for f in result.failures), result.failures
+    assert len(result.failures) == 4  # only the conditioning checks
+
+
+def test_overdriven_conditioning_fails_high_and_the_band_is_data(reference, one_tile_sample):
+    tested = dict(reference, denoiser=_amplified(reference["denoiser"], gain=2.0))
+    result = run_parity(reference, tested, one_tile_sample, config=CONFIG, max_tiles_per_image=1, end_to_end=False,
+                        conditioning=True)
+    for axis in ("aperture", "focus"):
+        # The differences scale by the gain exactly, up to float32 rounding of x0 (~1e-7 relative).
+        assert result.conditioning["denoiser"][axis]["norm_ratio"] == pytest.approx(2.0, rel=1e-4)
+        assert math.isfinite(result.conditioning["denoiser"][axis]["psnr_db"])
+    assert result.conditioning["end_to_end"] is None
+    assert sorted(result.failures) == [
+        "conditioning denoiser aperture: response norm ratio 2.000 outside [0.8, 1.25]",
+        "conditioning denoiser focus: response norm ratio 2.000 outside [0.8, 1.25]",
+    ]
+    # The band is a threshold like the others: widened, the same figures pass; None reports only.
+    for band in ((0.5, 2.5), None):
+        widened = run_parity(reference, tested, one_tile_sample, config=CONFIG, max_tiles_per_image=1, end_to_end=False,
+                             conditioning=True, thresholds=ParityThresholds(conditioning_ratio_band=band))
+        assert widened.passed, (band, widened.failures)
+    with pytest.raises(ValueError, match="band"):
+        ParityThresholds(conditioning_ratio_band=(1.1, 1.25))
+
+
+def test_conditioning_is_off_unless_asked(reference, one_tile_sample):
+    result = run_parity(reference, reference, one_tile_sample, config=CONFIG, max_tiles_per_image=1, end_to_end=False)
+    assert result.conditioning is None and result.to_dict()["conditioning"] is None
