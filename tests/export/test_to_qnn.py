@@ -122,10 +122,10 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     compiles the QDQ model when it loads it, still with CPU fallback disabled)."""
     out = tmp_path_factory.mktemp("qnn-tiny") / "qnn-w8a16"
     model = build_model("tiny", seed=0)
-    options = QnnOptions(recipe="w8a16", socs=("SM8650",), contexts=False,
-                         calibration=CalibrationSpec(num_scenes=1, max_tiles_per_image=2, seed=5))
-    export_qnn(tile_components(model), out, options=options, names=HTP_TINY_NAMES, config=model.config.to_dict(),
-               weights_sha256="0" * 64, model_label="tiny test model", parity=False, log=lambda *_: None)
+    settings = ExportSettings(components=tuple(HTP_TINY_NAMES), options={"socs": ("SM8650",), "contexts": False},
+                              calibration=CalibrationSpec(num_scenes=1, max_tiles_per_image=2, seed=5))
+    export_target("qnn-w8a16", tile_components(model), out, skip=("verify",), settings=settings,
+                  weights_sha256="0" * 64, model_label="tiny test model", log=lambda *_: None)
     return out
 
 

@@ -196,8 +196,8 @@ def test_op_matches_torch(case, fp16: bool) -> None:
 def exported_packages(tmp_path_factory) -> dict[str, list]:
     """Real Core ML packages of the tiny model's tile components: the exporter's fp16 packages, and
     the same packages 4-bit palettized by the exporter's compression step (``compress_mlmodel``,
-    what ``--precision w4`` applies after conversion; done on the saved packages to convert once)."""
-    from export.coreml_lowering import CoreMLOptions, export_coreml
+    what the ``coreml-w4`` target applies after conversion; done on the saved packages to convert once)."""
+    from export.flow import ExportSettings, export_target
     from quantize.coreml import compress_mlmodel
     from runtime_py.checkpoints import weights_sha256
     from runtime_py.components import TILE_COMPONENTS, tile_components
@@ -206,9 +206,9 @@ def exported_packages(tmp_path_factory) -> dict[str, list]:
 
     model = build_model("tiny", seed=0)
     root = tmp_path_factory.mktemp("coreml-packages")
-    export_coreml(tile_components(model), root / "fp16", options=CoreMLOptions(precision="fp16"),
-                  names=TILE_COMPONENTS, config=model.config, weights_sha256=weights_sha256(model),
-                  parity=False, log=lambda *_: None)
+    export_target("coreml-fp16", tile_components(model), root / "fp16", skip=("verify",),
+                  settings=ExportSettings(components=tuple(TILE_COMPONENTS)),
+                  weights_sha256=weights_sha256(model), log=lambda *_: None)
     manifest = read_manifest(root / "fp16")
     assert set(manifest.components) == set(TILE_COMPONENTS)
     fp16 = [root / "fp16" / c["file"] for entry in manifest.components.values()
