@@ -88,7 +88,7 @@ def test_a_held_out_card_figure_is_measured_again():
     import json
 
     from runtime_py.default_model import DEFAULT_METRICS, HELD_OUT_SET
-    from runtime_py.training.evaluate import evaluate_model
+    from training.default_model.evaluate import evaluate_model
 
     held = json.loads(DEFAULT_METRICS.read_text())["evaluation"][HELD_OUT_SET]
     recorded = held["per_scene"][0]
