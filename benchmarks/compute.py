@@ -33,6 +33,11 @@ FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode: 2 FLOPs per multip
                    "matmul, convolution and attention only (norms and activations not counted)")
 
 
+# Ops that return a view of their input without saying so in their schema (``_unsafe_view`` is
+# ``view`` without autograd's alias tracking): counting them would count the same bytes twice.
+_UNMARKED_VIEWS = frozenset({torch.ops.aten._unsafe_view.default})
+
+
 class ActivationCounter(TorchDispatchMode):
     """Counts bytes of the tensors ops produce, and the peak of those alive at once."""
 
@@ -54,7 +59,7 @@ class ActivationCounter(TorchDispatchMode):
             if not isinstance(tensor, torch.Tensor):
                 continue
             schema = returns[index] if index < len(returns) else None
-            if schema is not None and schema.alias_info is not None:
+            if (schema is not None and schema.alias_info is not None) or func in _UNMARKED_VIEWS:
                 continue  # a view or an in-place result: no new memory
             nbytes = tensor.numel() * tensor.element_size()
             self.written += nbytes

@@ -57,7 +57,8 @@ TEMPLATE = "sd21"
 FOLDER_FIELDS = (
     "block_out_channels", "attention_heads", "layers_per_block", "attention_levels", "norm_num_groups",
     "tile", "latent_channels", "latent_scale", "vae_block_out_channels", "vae_layers_per_block",
-    "vae_norm_num_groups", "num_train_timesteps", "beta_start", "beta_end", "cond_embedding_channels",
+    "vae_norm_num_groups", "vae_mid_block_attention", "num_train_timesteps", "beta_start", "beta_end",
+    "cond_embedding_channels",
 )
 
 _UNET_ATTENTION_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
@@ -257,6 +258,10 @@ def read_sd_folder_fields(folder: Path | str) -> dict[str, FieldValue]:
         ("latent_scale", "scaling_factor", vae.positive_float("scaling_factor")),
     ):
         fields[name] = FieldValue(value, vae.source(key))
+    mid_attention = vae.get("mid_block_add_attention")
+    if not isinstance(mid_attention, bool):
+        raise vae.refuse("mid_block_add_attention", "expected true or false")
+    fields["vae_mid_block_attention"] = FieldValue(mid_attention, vae.source("mid_block_add_attention"))
     vae_factor = 2 ** (len(vae_widths) - 1)
 
     unet = _ConfigFile(folder, UNET_CONFIG, "unet", _read_json(folder, UNET_CONFIG))

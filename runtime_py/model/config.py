@@ -39,6 +39,9 @@ class MagicBokehConfig:
     vae_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     vae_layers_per_block: int = 2
     vae_norm_num_groups: int = 32
+    # Self-attention in the VAE's mid blocks (diffusers' ``mid_block_add_attention``). SD2.1's VAE
+    # has it (over 4,096 tokens at a 512-px tile); a 4x VAE would attend over 16,384.
+    vae_mid_block_attention: bool = True
     latent_channels: int = 4
     latent_scale: float = SD_LATENT_SCALE
     # Focus-aware attention LoRA.
@@ -99,17 +102,19 @@ CONFIGS: dict[str, MagicBokehConfig] = {
         focus_rank=4,
         depth_size="vitl",
     ),
-    # The built-in default model. Three departures from SD2.1's shape make it trainable from
-    # nothing on a CPU in an hour (measured; see the README): a VAE that downsamples 4x with 16
-    # latent channels and 4 GroupNorm groups (it starts as block means + bilinear upsampling,
-    # training.default_model.vae_init; SD's 8x VAE is the product of weeks of GPU training), the
+    # The built-in default model (v2). Four departures from SD2.1's shape make it trainable from
+    # nothing on a CPU in an hour and fit for a phone (measured; see its model card): a VAE that
+    # downsamples 4x with 16 latent channels and 4 GroupNorm groups (it starts as an anti-aliased
+    # low-pass + bilinear upsampling, training.default_model.vae_init; SD's 8x VAE is the product
+    # of weeks of GPU training) and no mid-block attention (at 4x it would attend over 16,384
+    # tokens per 512-px tile, a 1 GiB score matrix; no phone NPU runs that well), the
     # UNet's attention one level coarser so that it runs on the same 64 / 32 / 16 token grids as
     # SD2.1's, and the one step taken at t = 50 instead of 999 (x0 = (z - 0.22 eps) / 0.98: the
     # UNet predicts a correction of the latent instead of reproducing it through a 15x gain).
     "small": MagicBokehConfig(
         name="small",
         block_out_channels=(32, 64, 96, 96),
-        attention_heads=(1, 2, 3, 3),
+        attention_heads=(1, 1, 3, 3),  # one head at the 64 x 64 grid: its scores fit the 400 MiB budget
         attention_levels=(False, True, True, True),
         norm_num_groups=8,
         cross_attention_dim_of_base=32,
@@ -117,6 +122,7 @@ CONFIGS: dict[str, MagicBokehConfig] = {
         vae_block_out_channels=(16, 32, 64),
         vae_layers_per_block=1,
         vae_norm_num_groups=4,
+        vae_mid_block_attention=False,
         latent_channels=16,
         timestep=50,
         focus_rank=4,

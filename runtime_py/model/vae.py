@@ -23,6 +23,7 @@ def vae_diffusers_config(config: MagicBokehConfig) -> dict:
         layers_per_block=config.vae_layers_per_block,
         latent_channels=config.latent_channels,
         norm_num_groups=config.vae_norm_num_groups,
+        mid_block_add_attention=config.vae_mid_block_attention,
         sample_size=config.tile,
         scaling_factor=config.latent_scale,
     )

@@ -5,8 +5,13 @@ reconstructs even the smooth, degraded inputs as faithfully as a one-step model 
 about 150 s of an H200, hours of this project's CPU). The structure of the VAE already contains a
 good autoencoder, though, and it can be written down directly:
 
-* every encoder downsampler (pad (0, 1, 0, 1), 3 x 3 conv, stride 2) becomes a 2 x 2 average of
-  the three colour channels, so the encoder's colour channels hold the image's f x f block means;
+* the encoder's ``conv_in`` low-passes each colour with the 3 x 3 tent (1, 2, 1) / 4, and every
+  encoder downsampler (pad (0, 1, 0, 1), 3 x 3 conv, stride 2) becomes a 2 x 2 mean, so a latent
+  pixel is a 4 x 4 block mean of the tent-filtered image, centred where the block's centre is.
+  The tent is what keeps the start free of aliasing: a plain 4 x 4 block mean passes 25 % of a
+  3-px stripe pattern as a false pattern at the latent grid (its response |cos(pi f) cos(2 pi f)|
+  at f = 1/3), the tent-filtered one 6 % (|cos(pi f)|^3 |cos(2 pi f)|), at the price of a
+  slightly softer pass band (0.87 instead of 0.93 at a 16-px period);
 * every decoder upsampler (nearest 2x, then 3 x 3 conv) becomes bilinear 2x upsampling: after a
   nearest upsample, the taps (1/4, 1/2, 1/4) in each direction give exactly the bilinear weights
   (3/4, 1/4) at both output phases;
@@ -15,13 +20,16 @@ good autoencoder, though, and it can be written down directly:
 * before each ``conv_out`` diffusers normalises with GroupNorm, per image, then SiLU. Each colour
   travels with its negation, so every group's mean is exactly zero, and two constant anchor
   channels (+A, -A) per group make its standard deviation almost independent of the image
-  (A^2 against the colour's mean square); a GroupNorm bias moves SiLU's input into its near-linear
-  range. Each output of ``conv_out`` then reads a single channel (centre tap, slope and offset fit
-  by least squares on sample images): one weight per output channel, which per-channel 8-bit
-  weight quantization represents exactly, so W8 deployments keep the autoencoder intact.
+  (A^2 against the colour's mean square). Since sigmoid(y) + sigmoid(-y) = 1, SiLU(y) - SiLU(-y)
+  = y exactly: each output of ``conv_out`` reads a colour channel minus its negation (centre taps,
+  slope and offset fit by least squares on sample images). Nothing is shifted: the activations
+  stay centred on zero, where 8-bit activation quantization reads them (the first default model
+  shifted them by +8 into SiLU's near-linear range, and 8-bit activations lost the colours under
+  that offset), and each readout is two weights of equal size, which per-channel 8-bit weight
+  quantization represents exactly.
 
-Block means plus bilinear upsampling reconstruct the degraded training inputs at about 34 dB PSNR
-for a 4x VAE (digital-zoom inputs are smooth); training then starts from there, with every
+Tent + block means + bilinear upsampling reconstruct the degraded training inputs at about 33 dB
+PSNR for a 4x VAE (digital-zoom inputs are smooth); training then starts from there, with every
 parameter free. The colours sit at channels 0, 4, 8 of every feature map and their negations at
 1, 5, 9 (latent channels 0, 1, 2 hold the colours, scaled so that E[z^2] is near the range the
 trainer keeps it at), so that, with 4 GroupNorm groups, each colour has a group of its own at a
@@ -39,7 +47,6 @@ COLOUR_CHANNELS = (0, 4, 8)
 NEGATED_CHANNELS = (1, 5, 9)
 CARRIED = COLOUR_CHANNELS + NEGATED_CHANNELS
 ANCHOR = 4.0
-SILU_SHIFT = 8.0
 LATENT_GAIN = 6.0  # colour latents z = 6 * block mean: E[z^2] about 0.75 over 16 channels
 
 
@@ -105,27 +112,32 @@ def _anchor_groups(channels: int, groups: int) -> tuple[list[int], list[int]]:
 
 
 def _set_anchors(resnet: nn.Module, norm: nn.GroupNorm) -> None:
-    """Add +A / -A through ``resnet.conv2``'s bias and shift ``norm``'s output into SiLU's linear range."""
+    """Add +A / -A through ``resnet.conv2``'s bias; ``norm`` passes its normalised input on unchanged."""
     plus, minus = _anchor_groups(norm.num_channels, norm.num_groups)
     with torch.no_grad():
         resnet.conv2.bias[plus] = ANCHOR
         resnet.conv2.bias[minus] = -ANCHOR
         norm.weight.fill_(1.0)
-        norm.bias.fill_(SILU_SHIFT)
+        norm.bias.zero_()
 
 
 def _fit_readout(features: torch.Tensor, target: torch.Tensor, conv: nn.Conv2d, outputs: list[int]) -> None:
-    """Output ``outputs[j]`` of ``conv`` <- slope * feature ``COLOUR_CHANNELS[j]`` + offset, least squares."""
+    """Output ``outputs[j]`` of ``conv`` <- slope * (colour ``j`` - its negation) + offset, least squares.
+
+    ``features`` are SiLU's outputs, so the difference is exactly the normalised colour.
+    """
     k = conv.weight.shape[-1]
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
         for j, out in enumerate(outputs):
-            x = features[:, COLOUR_CHANNELS[j]].reshape(-1).double()
+            colour, negated = COLOUR_CHANNELS[j], NEGATED_CHANNELS[j]
+            x = (features[:, colour] - features[:, negated]).reshape(-1).double()
             y = target[:, j].reshape(-1).double()
             design = torch.stack([x, torch.ones_like(x)], dim=1)
             slope, offset = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
-            conv.weight[out, COLOUR_CHANNELS[j], k // 2, k // 2] = float(slope)
+            conv.weight[out, colour, k // 2, k // 2] = float(slope)
+            conv.weight[out, negated, k // 2, k // 2] = -float(slope)
             conv.bias[out] = float(offset)
 
 
@@ -147,12 +159,13 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
     box = torch.zeros(3, 3)
     box[:2, :2] = 0.25  # 2 x 2 mean under diffusers' (0, 1, 0, 1) padding
     tent = torch.tensor([0.25, 0.5, 0.25])
-    bilinear = torch.outer(tent, tent)
+    tent2d = torch.outer(tent, tent)  # the tent low-pass, and bilinear 2x after a nearest upsample
     latent_colours = (0, 1, 2)
 
-    # Encoder: colours -> block means, identities elsewhere, anchors before conv_norm_out.
+    # Encoder: colours -> tent low-pass -> block means, identities elsewhere, anchors before
+    # conv_norm_out.
     signs = (1.0,) * 3 + (-1.0,) * 3
-    _copy_colours(enc.conv_in, (0, 1, 2) * 2, CARRIED, signs=signs)
+    _copy_colours(enc.conv_in, (0, 1, 2) * 2, CARRIED, kernel=tent2d, signs=signs)
     for block in enc.down_blocks:
         for resnet in block.resnets:
             _identity_resnet(resnet)
@@ -176,7 +189,7 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
         for resnet in block.resnets:
             _identity_resnet(resnet)
         for up in block.upsamplers or []:
-            _copy_colours(up.conv, CARRIED, CARRIED, kernel=bilinear)
+            _copy_colours(up.conv, CARRIED, CARRIED, kernel=tent2d)
     _set_anchors(dec.up_blocks[-1].resnets[-1], dec.conv_norm_out)
 
     # Readouts, fit on the images (float32 forward passes, float64 least squares).
@@ -187,7 +200,8 @@ def init_vae_as_autoencoder(vae: AutoencoderKL, latent_scale: float, images: tor
             enc(images)
         finally:
             hook.remove()
-        means = F.avg_pool2d(images, factor) * (LATENT_GAIN / latent_scale)
+        low_passed = F.conv2d(images, tent2d.expand(3, 1, 3, 3), padding=1, groups=3)
+        means = F.avg_pool2d(low_passed, factor) * (LATENT_GAIN / latent_scale)
         _zero(enc.conv_out)
         _fit_readout(captured["enc"], means, enc.conv_out, list(latent_colours))
         latent = vae.quant_conv(enc(images)) if vae.quant_conv is not None else enc(images)
