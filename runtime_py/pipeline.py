@@ -64,7 +64,11 @@ COLOUR_FIX_EPS = 1e-5
 # -- image <-> model range (the maps' arithmetic is runtime_py.contract's) ---------------------
 def image_to_model_range(image_u8: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 ``2 * (rgb / 255) - 1`` in [-1, 1]."""
-    rgb = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(image_u8)).permute(2, 0, 1))
+    # torch.from_numpy warns on read-only arrays (a decoded or memory-mapped image): copy those.
+    array = np.ascontiguousarray(image_u8)
+    if not array.flags.writeable:
+        array = array.copy()
+    rgb = _u8_to_unit(torch.from_numpy(array).permute(2, 0, 1))
     return (rgb * 2 - 1).unsqueeze(0).contiguous().numpy()
 
 
