@@ -213,7 +213,10 @@ def comparison_rows(current: dict[str, Any], previous: dict[str, Any]) -> list[d
                 values.append(path_or_fn(_lookup(doc, scale_or_path)))
             else:
                 value = _lookup(doc, path_or_fn)
-                values.append(float(value) * scale_or_path if isinstance(value, (int, float)) and not isinstance(value, bool) else None)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    values.append(None)
+                else:  # counts stay integers, measured quantities floats
+                    values.append(value if isinstance(value, int) and scale_or_path == 1.0 else float(value) * scale_or_path)
         if values != [None, None]:
             rows.append({"figure": label, "previous": values[0], "current": values[1]})
     return rows
@@ -224,7 +227,7 @@ def _cmp_cell(value: Any) -> str:
         return NOT_MEASURED
     if isinstance(value, str):
         return value
-    return f"{value:,.0f}" if abs(value) >= 1000 or float(value).is_integer() else _fmt(value, 3 if abs(value) < 10 else 2)
+    return f"{value:,}" if isinstance(value, int) else _fmt(value, 3 if abs(value) < 10 else 2)
 
 
 def _in_focus_section(ev: dict[str, Any]) -> str:
@@ -362,7 +365,7 @@ weights: a user who has those loads them instead.
   {'has self-attention in its mid blocks' if a.get('vae_mid_block_attention', True) else 'has no mid-block attention'}
   (at a {a['vae_factor']}x VAE it would attend over every latent pixel of the tile), the UNet's attention
   sits one level coarser so that it runs on the same token grids as SD2.1's at a 512-px tile
-  ({', '.join(a.get('attention_grids', [])) or 'grids not recorded'}), and at t = {a['timestep']} the update is
+  ({'; '.join(a.get('attention_grids', [])) or 'grids not recorded'}), and at t = {a['timestep']} the update is
   `x0 = (z - {a['sqrt_one_minus_alpha']:.3f} eps) / {a['sqrt_alpha']:.3f}`: the UNet learns a correction of the latent.
   Components, exporters, quantizers and the focus attention are the same code as for SD2.1.
 - Parameters: {a['parameters']:,} ({a['parameters_by_part']}).
