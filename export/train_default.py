@@ -6,10 +6,13 @@ Three steps, each resumable and each writing only its own outputs:
     builds the scene pool if it is missing (cached under ``--pool-dir``), then trains the
     ``small`` MagicBokeh on it (accelerate-compatible loop, checkpoint every few hundred steps,
     stops at ``--max-minutes`` of wall clock).
-``python -m export.train_default finish --run-dir outputs/default_run``
-    evaluates the checkpoint on held-out generated scenes, saves the fp16 weights into
+``python -m export.train_default finish --run-dir outputs/default_run [--previous-metrics OLD.json]``
+    evaluates the checkpoint on held-out generated scenes (dead leaves, street, fine texture), counts
+    its compute, simulates its W8A8 components, saves the fp16 weights into
     ``runtime_py/default_weights/``, and writes the metrics JSON, the figures and MODEL_CARD.md
     (generated from the JSON: no figure in the card is typed by hand).
+``python -m export.train_default evaluate --weights FILE --family fine_texture --w8a8 --out F.json``
+    measures a run or a weights file the same way without packaging anything.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ DEFAULT_RUN_DIR = "outputs/default_model/run"
 DEFAULT_POOL_SCENES = 1600
 DEFAULT_POOL_SIZE = 192
 DEFAULT_SHARD_SCENES = 800
+HELD_OUT_FAMILIES = ("dead_leaves", "street", "fine_texture")  # training.default_model.evaluate.HELD_OUT_SETS's keys
 
 
 def pool_specs(scenes: int, size: int, shard_scenes: int) -> list:
@@ -103,19 +107,51 @@ def cmd_pool(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
+def _load_for_evaluation(args: argparse.Namespace) -> tuple:
+    """(model, provenance) from ``--weights`` (a native weights file) or ``--run-dir`` (a run's checkpoint)."""
+    if args.weights:
+        from runtime_py.checkpoints import load_native
+        from runtime_py.checkpoints.native import read_native_metadata
 
-    from training.default_model.evaluate import HELD_OUT_FIRST_SEED, evaluate_model
+        path = Path(args.weights)
+        if not path.is_file():
+            raise SystemExit(f"train_default evaluate: error: weights file {path} does not exist")
+        return load_native(path).eval(), {"weights": str(path), "weights_sha256": read_native_metadata(path).get("weights_sha256")}
     from training.default_model.trainer import load_trained_model
 
-    torch.set_num_threads(args.threads)
     model, state = load_trained_model(args.run_dir)
-    seeds = list(range(HELD_OUT_FIRST_SEED, HELD_OUT_FIRST_SEED + args.scenes))
-    summary, _ = evaluate_model(model.eval(), seeds, args.size, "dead_leaves")
-    summary.pop("per_scene")
-    summary["run_dir"], summary["step"], summary["machine"] = args.run_dir, state["step"], state.get("machine")
-    print(json.dumps(summary), flush=True)
+    return model.eval(), {"run_dir": args.run_dir, "step": state["step"], "machine": state.get("machine")}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from runtime_py.atomic import write_json
+    from training.default_model.model_card import measure_model
+
+    torch.set_num_threads(args.threads)
+    model, source = _load_for_evaluation(args)
+    simulator = None
+    if args.w8a8:
+        from export.quant_simulation import simulate_w8a8 as simulator
+    measured, _ = measure_model(model, num_scenes=args.scenes, eval_size=args.size, fine_texture_scenes=args.fine_texture_scenes,
+                                families=args.family or ["dead_leaves"], training_scale=False, w8a8=simulator,
+                                w8a8_calibration_tiles=args.w8a8_calibration_tiles,
+                                w8a8_evaluation_tiles=args.w8a8_evaluation_tiles)
+    for name, summary in measured["evaluation"].items():
+        brief = {k: v for k, v in summary.items() if k != "per_scene"}
+        print(json.dumps({"set": name, **brief, **source}), flush=True)
+    print(json.dumps({"compute": measured["compute"]}), flush=True)
+    if args.w8a8:
+        print(json.dumps({"quantization_simulation": {k: v for k, v in measured["quantization_simulation"].items() if k != "recipe"}}), flush=True)
+    if args.out:
+        document = {"generated_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": source,
+                    "architecture": {"parameters": sum(p.numel() for p in model.parameters())}, **measured}
+        if not args.w8a8:
+            document.pop("quantization_simulation")
+        print(write_json(Path(args.out), document), flush=True)
     return 0
 
 
@@ -129,8 +165,33 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_finish(args: argparse.Namespace) -> int:
     from training.default_model.model_card import finish_default_model
 
-    finish_default_model(Path(args.run_dir), Path(args.weights_dir), num_scenes=args.eval_scenes, eval_size=args.eval_size)
+    for path in args.previous_metrics:
+        if not Path(path).is_file():
+            raise SystemExit(f"train_default finish: error: --previous-metrics {path} does not exist")
+    simulator = None
+    if not args.no_w8a8:
+        from export.quant_simulation import simulate_w8a8 as simulator
+    try:
+        finish_default_model(Path(args.run_dir), Path(args.weights_dir), num_scenes=args.eval_scenes, eval_size=args.eval_size,
+                             fine_texture_scenes=args.fine_texture_scenes, w8a8=simulator,
+                             w8a8_calibration_tiles=args.w8a8_calibration_tiles, w8a8_evaluation_tiles=args.w8a8_evaluation_tiles,
+                             previous_metrics=[Path(p) for p in args.previous_metrics])
+    except ValueError as exc:
+        raise SystemExit(f"train_default finish: error: {exc}") from None
     return 0
+
+
+def _add_measure_flags(q: argparse.ArgumentParser, w8a8_default_on: bool) -> None:
+    q.add_argument("--fine-texture-scenes", type=int, default=None,
+                   help="held-out fine_texture scenes (evaluation-only family; default: half the dead-leaves count)")
+    if w8a8_default_on:
+        q.add_argument("--no-w8a8", action="store_true", help="skip the simulated W8A8 figures (recorded as not measured)")
+    else:
+        q.add_argument("--w8a8", action="store_true", help="also simulate W8A8 per component (PT2E XNNPACK int8 recipe) against fp32")
+    q.add_argument("--w8a8-calibration-tiles", type=int, default=2,
+                   help="held-out tiles whose activation ranges calibrate the simulated 8-bit model")
+    q.add_argument("--w8a8-evaluation-tiles", type=int, default=2,
+                   help="other held-out tiles on which the simulated 8-bit outputs are compared with fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,21 +230,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "as the analytic VAE start needs float32 activations")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("evaluate", help="print held-out figures (model / input / Gaussian blur vs teacher) of a run as JSON")
-    e.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    e.add_argument("--scenes", type=int, default=8, help="held-out dead-leaves scenes")
+    e = sub.add_parser("evaluate", help="print held-out figures (model / input / Gaussian blur vs teacher, in-focus "
+                                        "fidelity, compute; optionally simulated W8A8) of a run or a weights file as JSON")
+    e.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the run whose checkpoint is evaluated (unless --weights)")
+    e.add_argument("--weights", default=None, help="evaluate this native weights file instead of a run (e.g. the shipped "
+                                                   "runtime_py/default_weights/magicbokeh_small.safetensors)")
+    e.add_argument("--family", action="append", choices=sorted(HELD_OUT_FAMILIES), default=None,
+                   help="held-out set(s) to measure (repeatable; default: dead_leaves)")
+    e.add_argument("--scenes", type=int, default=8, help="held-out dead-leaves scenes (street: half as many)")
     e.add_argument("--size", type=int, default=512, help="scene side, px (the model's tile)")
     e.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    e.add_argument("--out", default=None, help="also write the figures as a metrics-shaped JSON file (usable as finish "
+                                               "--previous-metrics)")
+    _add_measure_flags(e, w8a8_default_on=False)
     e.set_defaults(func=cmd_evaluate)
     k = sub.add_parser("pack", help="copy a run's checkpoint without optimiser state, in float16 (to move it between machines)")
     k.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     k.add_argument("--out", required=True, help="folder for the packed checkpoint (finish reads it as --run-dir)")
     k.set_defaults(func=cmd_pack)
     f = sub.add_parser("finish", help="evaluate, save fp16 weights, write metrics, figures and MODEL_CARD.md")
-    f.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    f.add_argument("--weights-dir", default="runtime_py/default_weights")
-    f.add_argument("--eval-scenes", type=int, default=12)
-    f.add_argument("--eval-size", type=int, default=512)
+    f.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the run whose checkpoint is packaged")
+    f.add_argument("--weights-dir", default="runtime_py/default_weights", help="where weights, metrics, figures and card go")
+    f.add_argument("--eval-scenes", type=int, default=12, help="held-out dead-leaves scenes (street: half as many)")
+    f.add_argument("--eval-size", type=int, default=512, help="scene side, px (the model's tile)")
+    f.add_argument("--previous-metrics", action="append", default=[], metavar="FILE",
+                   help="metrics.json of the model this one replaces (repeatable; the first file wins where two hold a "
+                        "figure): the card gets a before/after table, figures the files lack shown as not measured")
+    _add_measure_flags(f, w8a8_default_on=True)
     f.set_defaults(func=cmd_finish)
     return parser
 

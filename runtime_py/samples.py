@@ -57,14 +57,14 @@ def scene_samples(
 ) -> list[RealSample]:
     """``num_scenes`` generated photos of ``size`` px square (degraded input, exact depth, subject mask).
 
-    Families alternate so both kinds of scene are represented; K is the scene's own aperture
-    unless given.
+    Families alternate so every kind of scene is represented (by default every family but the
+    evaluation-only ones, which no calibration may see); K is the scene's own aperture unless given.
     """
-    from .scenes import SCENE_FAMILIES, generate_scene
+    from .scenes import EVALUATION_ONLY_FAMILIES, SCENE_FAMILIES, generate_scene
 
     if num_scenes < 0:
         raise ValueError(f"num_scenes must be >= 0, got {num_scenes}")
-    families = tuple(families or SCENE_FAMILIES)
+    families = tuple(families or (f for f in SCENE_FAMILIES if f not in EVALUATION_ONLY_FAMILIES))
     samples = []
     for i in range(num_scenes):
         family = families[i % len(families)]

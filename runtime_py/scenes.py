@@ -10,8 +10,12 @@ model sees is the clean scene degraded like a phone's digital zoom (blur, downsc
 JPEG, bicubic upscale back); the target is :func:`runtime_py.bokeh_renderer.render_bokeh` of the
 clean scene. Everything is drawn from one seed, so a seed names a scene exactly.
 
-Two families: ``"dead_leaves"`` (training) and ``"street"`` (a standing figure on a ground plane
-in front of buildings with lit windows, used as a held-out family the model never trained on).
+Three families: ``"dead_leaves"`` (training), ``"street"`` (a standing figure on a ground plane
+in front of buildings with lit windows, used as a held-out family the model never trained on) and
+``"fine_texture"`` (evaluation only, see :data:`EVALUATION_ONLY_FAMILIES`: a large in-focus panel
+covered with 2-4 px stripes, small text and woven band-pass noise, lightly degraded without any
+zoom so that the fine texture reaches the model; it tests whether a model keeps that texture,
+blurs it, or folds it into moire at its latent grid).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .bokeh_renderer import BokehSettings, render_bokeh
 
-SCENE_FAMILIES = ("dead_leaves", "street")
+SCENE_FAMILIES = ("dead_leaves", "street", "fine_texture")
+EVALUATION_ONLY_FAMILIES = ("fine_texture",)
+"""Families no training pool or calibration set may draw from: they exist to measure a model."""
 _TEXT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,:-"
 
 
@@ -41,6 +47,12 @@ class DegradationSettings:
     pre_blur_sigma: tuple[float, float] = (0.2, 1.0)
     noise_sigma: tuple[float, float] = (0.0, 0.03)
     jpeg_quality: tuple[int, int] = (35, 90)
+
+
+FINE_TEXTURE_DEGRADATION = DegradationSettings(zoom=(1.0, 1.0), pre_blur_sigma=(0.0, 0.4),
+                                               noise_sigma=(0.0, 0.01), jpeg_quality=(85, 95))
+"""The ``fine_texture`` family's degradation: no zoom (the 2-4 px texture must survive into the
+input), optics blur of at most 0.2 px sigma, light sensor noise and high-quality JPEG."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,107 @@ def _street(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     return _finish(rng, canvas, subject_id, subject_depth)
 
 
+# -- fine texture (evaluation only) -------------------------------------------------------------
+
+FINE_STRIPE_PERIODS = (2.2, 4.0)
+"""Stripe periods of the fine_texture family, px: above the 2-px Nyquist limit of the pixel grid
+(sinusoids sampled at pixel centres carry no aliasing of their own) and below the latent grid's
+Nyquist period of any VAE that downsamples 4x or more."""
+FINE_STRIPE_REFERENCE_PERIOD = 3.0
+"""Every fine_texture subject carries one stripe patch at this period (the issue's 3-px case)."""
+
+
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours whose luminance differs by at least 0.3: a texture that is plainly visible."""
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    while True:
+        a, b = _random_colour(rng), _random_colour(rng)
+        if abs(float(luma @ (a - b))) >= 0.3:
+            return a, b
+
+
+def _fine_stripes(rng: np.random.Generator, shape: tuple[int, int], period: float) -> np.ndarray:
+    """Sinusoidal stripes of ``period`` px at a random orientation, in [0, 1]."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    angle = rng.uniform(0.0, np.pi)
+    phase = xx * math.cos(angle) + yy * math.sin(angle)
+    return (0.5 + 0.5 * np.sin(2.0 * np.pi * phase / period + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+
+
+def _fabric(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Woven-looking band-pass noise: white noise kept at periods of 2.2-4 px, mostly along two
+    perpendicular directions (warp and weft), in [0, 1]."""
+    h, w = shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.hypot(fy, fx)
+    band = (radius >= 1.0 / FINE_STRIPE_PERIODS[1]) & (radius <= 1.0 / FINE_STRIPE_PERIODS[0])
+    angle = rng.uniform(0.0, np.pi / 2)
+    direction = np.arctan2(fy, fx)
+    weave = np.abs(np.cos(2.0 * (direction - angle))) ** 4  # energy near two perpendicular axes
+    spectrum = (rng.standard_normal(radius.shape) + 1j * rng.standard_normal(radius.shape)) * band * (0.15 + weave)
+    field = np.fft.irfft2(spectrum, s=(h, w))
+    lo, hi = np.percentile(field, [1.0, 99.0])
+    return np.clip((field - lo) / max(hi - lo, 1e-8), 0.0, 1.0).astype(np.float32)
+
+
+def _small_text(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Lines of small text (6-9 px font) filling the area: strokes 1 px wide, 2-4 px apart."""
+    h, w = shape
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    size = int(rng.integers(6, 10))
+    font = _font(size)
+    for y in np.arange(0.0, h, size + 2.0):
+        text = "".join(rng.choice(list(_TEXT_ALPHABET), size=max(4, int(w / (size * 0.5)))))
+        draw.text((float(rng.uniform(-size, 0)), float(y)), text, fill=255, font=font)
+    return np.asarray(canvas).astype(np.float32) / 255.0
+
+
+def _fine_texture(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A large in-focus panel (60-85 % of the frame) tiled with fine textures before a far backdrop.
+
+    The panel is cut into a 2 x 2 or 3 x 3 grid of patches; each patch carries one texture: sinusoidal
+    stripes (period 2.2-4 px, random orientation; the first patch always at 3 px), small text, or
+    woven band-pass noise, each between two contrasting colours. The backdrop is an ordinary
+    textured far plane (it gets the bokeh).
+    """
+    shape = (size, size)
+    h, w = shape
+    canvas = _Canvas(shape)
+    canvas.paint(np.ones(shape, bool), _texture(rng, shape), float(rng.uniform(0.0, 0.1)))
+    for dot in _dots(rng, shape, int(rng.integers(0, 10))):
+        canvas.paint(dot, np.full(3, rng.uniform(0.92, 1.0), np.float32), float(rng.uniform(0.0, 0.1)))
+    side = math.sqrt(rng.uniform(0.6, 0.85))
+    aspect = rng.uniform(0.85, 1.15)
+    ph, pw = min(h - 2, side * h * aspect), min(w - 2, side * w / aspect)
+    y0, x0 = rng.uniform(1, h - ph - 1), rng.uniform(1, w - pw - 1)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    panel = (yy >= y0) & (yy < y0 + ph) & (xx >= x0) & (xx < x0 + pw)
+    cells = int(rng.choice([2, 3]))
+    surface = np.zeros((h, w, 3), np.float32)
+    row = np.clip(((yy - y0) / ph * cells).astype(np.int32), 0, cells - 1)
+    col = np.clip(((xx - x0) / pw * cells).astype(np.int32), 0, cells - 1)
+    for index in range(cells * cells):
+        if index == 0:
+            t = _fine_stripes(rng, shape, FINE_STRIPE_REFERENCE_PERIOD)
+        else:
+            kind = rng.choice(["stripes", "stripes", "text", "fabric"])
+            if kind == "stripes":
+                t = _fine_stripes(rng, shape, float(rng.uniform(*FINE_STRIPE_PERIODS)))
+            elif kind == "text":
+                t = _small_text(rng, shape)
+            else:
+                t = _fabric(rng, shape)
+        a, b = _contrasting_colours(rng)
+        patch = (row * cells + col) == index
+        surface[patch] = (a[None, :] * (1.0 - t[..., None]) + b[None, :] * t[..., None])[patch]
+    subject_depth = float(rng.uniform(0.6, 0.95))
+    subject_id = canvas.paint(panel, surface, subject_depth)
+    return _finish(rng, canvas, subject_id, subject_depth)
+
+
 # -- degradation --------------------------------------------------------------------------------
 
 
@@ -369,6 +482,8 @@ def generate_scene(
 
     ``aperture_k`` None draws K uniformly from the integers 4..32 (the published control's useful
     range); the draw comes from the scene's own seed, so the result is deterministic.
+    ``degradation`` None uses the family's own: :data:`FINE_TEXTURE_DEGRADATION` for
+    ``fine_texture``, :class:`DegradationSettings`' defaults (a 2-4x digital zoom) otherwise.
     """
     if family not in SCENE_FAMILIES:
         raise SceneError(f"unknown scene family {family!r}; choose one of {SCENE_FAMILIES}")
@@ -379,9 +494,11 @@ def generate_scene(
     if aperture_k is not None and not (float(aperture_k) >= 0 and math.isfinite(float(aperture_k))):
         raise SceneError(f"aperture K must be a finite number >= 0, got {aperture_k}")
     rng = np.random.default_rng([int(seed), SCENE_FAMILIES.index(family)])
-    build = _dead_leaves if family == "dead_leaves" else _street
+    build = {"dead_leaves": _dead_leaves, "street": _street, "fine_texture": _fine_texture}[family]
     clean, depth, mask, focus = build(rng, int(size))
     k = float(rng.integers(4, 33)) if aperture_k is None else float(aperture_k)
+    if degradation is None and family == "fine_texture":
+        degradation = FINE_TEXTURE_DEGRADATION
     degraded = degrade_digital_zoom(clean, rng, degradation)
     teacher = render_bokeh(clean, depth, focus, k, bokeh)
     return Scene(

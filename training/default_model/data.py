@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from runtime_py.atomic import atomic_path
 from runtime_py.bokeh_renderer import render_bokeh
 from runtime_py.contract import IN_FOCUS_THRESHOLD, defocus_inputs
-from runtime_py.scenes import generate_scene
+from runtime_py.scenes import EVALUATION_ONLY_FAMILIES, generate_scene
 
 
 class TrainingDataError(ValueError):
@@ -55,6 +55,8 @@ def build_scene_pool(spec: PoolSpec, path: Path | str, log_every: int = 100) -> 
     path = Path(path)
     if spec.count < 1 or spec.size < 32:
         raise TrainingDataError(f"a scene pool needs count >= 1 and size >= 32, got {spec}")
+    if spec.family in EVALUATION_ONLY_FAMILIES:
+        raise TrainingDataError(f"scene family {spec.family!r} is for evaluation only; no training pool may hold it")
     n, s = spec.count, spec.size
     clean = np.zeros((n, s, s, 3), np.uint8)
     degraded = np.zeros((n, s, s, 3), np.uint8)

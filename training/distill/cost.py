@@ -11,17 +11,24 @@ matters on a phone's accelerator. A test checks the convention on a plain linear
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from runtime_py.atomic import write_json, write_text
+from runtime_py.components import TILE_COMPONENTS
 from runtime_py.model import MagicBokeh, MagicBokehConfig, get_config
 from .students import FoldedMagicBokeh, architecture_of, get_student_config
+
+FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode: 2 FLOPs per multiply-accumulate; "
+                   "matmul, convolution and attention only (norms and activations not counted)")
 
 
 @dataclass
@@ -199,3 +206,131 @@ def write_cost_report(report: dict[str, Any], output_dir: Path | str) -> tuple[P
     json_path = write_json(out / "cost_report.json", report)
     md_path = write_text(out / "cost_report.md", report_markdown(report))
     return json_path, md_path
+
+
+# -- per-component compute at a tile: parameters, FLOPs, activation memory, attention sizes ------------
+#
+# Activation bytes are counted by watching a meta run op by op (benchmarks.compute reports them; the
+# default model's card records them, so they live here, where both may import them):
+#
+# * ``activation_bytes_written``: bytes of every tensor an op produces (views and in-place results
+#   excluded): the memory *traffic* a runtime without fusion would write;
+# * ``peak_live_activation_bytes``: the largest total of produced tensors alive at one time: a lower
+#   bound on the working memory a runtime needs beside the weights (a fusing runtime can do better
+#   on traffic, not on this peak by much).
+
+# Ops that return a view of their input without saying so in their schema (``_unsafe_view`` is
+# ``view`` without autograd's alias tracking): counting them would count the same bytes twice.
+_UNMARKED_VIEWS = frozenset({torch.ops.aten._unsafe_view.default})
+
+
+class ActivationCounter(TorchDispatchMode):
+    """Counts bytes of the tensors ops produce, and the peak of those alive at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.live = 0
+        self.peak_live = 0
+        self.largest = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        outputs, _ = tree_flatten(out)
+        for index, tensor in enumerate(outputs):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            schema = returns[index] if index < len(returns) else None
+            if (schema is not None and schema.alias_info is not None) or func in _UNMARKED_VIEWS:
+                continue  # a view or an in-place result: no new memory
+            nbytes = tensor.numel() * tensor.element_size()
+            self.written += nbytes
+            self.largest = max(self.largest, nbytes)
+            self.live += nbytes
+            self.peak_live = max(self.peak_live, self.live)
+            weakref.finalize(tensor, self._release, nbytes)
+        return out
+
+
+def count_activations(fn: Callable[[], Any]) -> dict[str, int]:
+    """Activation bytes of everything ``fn`` runs (see the comment above :class:`ActivationCounter`)."""
+    counter = ActivationCounter()
+    with counter, torch.no_grad():
+        result = fn()
+    del result
+    return {"activation_bytes_written": int(counter.written), "peak_live_activation_bytes": int(counter.peak_live),
+            "largest_activation_bytes": int(counter.largest)}
+
+
+def _tokens(tensor: Any) -> int:
+    """Sequence length of an attention input: H * W of an (B, C, H, W) map, N of an (B, N, C) sequence."""
+    if not isinstance(tensor, torch.Tensor):
+        return 0
+    return int(tensor.shape[-2] * tensor.shape[-1]) if tensor.ndim == 4 else int(tensor.shape[1])
+
+
+def count_attention_tokens(model: nn.Module, fn: Callable[[], Any]) -> int:
+    """The most tokens any attention layer of ``model`` attends over (queries or keys) while ``fn`` runs.
+
+    Measured, not derived from the configuration: a forward pre-hook on every diffusers
+    ``Attention`` module (VAE mid blocks, UNet and injector transformers; the focus attention is
+    a processor of those modules) reads the shape of what it is given. 0 means no attention ran.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    largest = 0
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        nonlocal largest
+        queries = args[0] if args else kwargs.get("hidden_states")
+        keys = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+        n_q = _tokens(queries)
+        largest = max(largest, n_q, _tokens(keys) if keys is not None else n_q)
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, Attention)]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest
+
+
+def component_compute(config: MagicBokehConfig | str, tile: int | None = None) -> dict[str, dict[str, Any]]:
+    """Params, FLOPs, activation bytes and attention tokens per tile component, at ``tile`` px
+    (default: the config's). ``tile_total`` sums params, FLOPs and bytes written, and takes the
+    largest peak and token count."""
+    config = get_config(config)
+    if tile is not None and tile != config.tile:
+        config = config.replace(tile=int(tile), stride=min(config.stride, int(tile)))
+    model = build_on_meta(config)
+    cost = model_cost(model, config.name, "benchmark")
+    t, lt = config.tile, config.latent_tile
+    meta = {"device": "meta"}
+    rgb = torch.zeros(1, 3, t, t, **meta)
+    defocus = torch.zeros(1, 1, t, t, **meta)
+    in_focus = torch.zeros(1, 1, t, t, **meta)
+    latent = torch.zeros(1, config.latent_channels, lt, lt, **meta)
+    runs = {
+        "encoder": lambda: model.encode(rgb),
+        "denoiser": lambda: model.denoise(latent, defocus, in_focus),
+        "decoder": lambda: model.decode(latent),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name in TILE_COMPONENTS:
+        part = getattr(cost, name)
+        out[name] = {"params": int(part.params), "flops": int(part.flops), **count_activations(runs[name]),
+                     "max_attention_tokens": count_attention_tokens(model, runs[name])}
+    out["tile_total"] = {
+        "params": sum(out[n]["params"] for n in TILE_COMPONENTS),
+        "flops": sum(out[n]["flops"] for n in TILE_COMPONENTS),
+        "activation_bytes_written": sum(out[n]["activation_bytes_written"] for n in TILE_COMPONENTS),
+        "peak_live_activation_bytes": max(out[n]["peak_live_activation_bytes"] for n in TILE_COMPONENTS),
+        "max_attention_tokens": max(out[n]["max_attention_tokens"] for n in TILE_COMPONENTS),
+    }
+    return out
