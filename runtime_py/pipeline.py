@@ -61,14 +61,17 @@ TileObserver = Callable[["TileBox", "TileInputs", "TileStages"], None]
 COLOUR_FIX_EPS = 1e-5
 
 
+def _writable_tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` of a contiguous copy where needed: torch warns on read-only arrays (a
+    decoded or memory-mapped image), and may write into what it is given."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 # -- image <-> model range (the maps' arithmetic is runtime_py.contract's) ---------------------
 def image_to_model_range(image_u8: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 ``2 * (rgb / 255) - 1`` in [-1, 1]."""
-    # torch.from_numpy warns on read-only arrays (a decoded or memory-mapped image): copy those.
-    array = np.ascontiguousarray(image_u8)
-    if not array.flags.writeable:
-        array = array.copy()
-    rgb = _u8_to_unit(torch.from_numpy(array).permute(2, 0, 1))
+    rgb = _u8_to_unit(_writable_tensor(image_u8).permute(2, 0, 1))
     return (rgb * 2 - 1).unsqueeze(0).contiguous().numpy()
 
 
@@ -80,7 +83,7 @@ def model_range_to_u8(rgb: np.ndarray) -> np.ndarray:
 
 def colour_statistics(image_u8: np.ndarray, eps: float = COLOUR_FIX_EPS) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and ``sqrt(unbiased var + eps)`` of an (H, W, 3) uint8 image on [0, 1], float32."""
-    mean, std = _channel_mean_std(_u8_to_unit(torch.from_numpy(np.ascontiguousarray(image_u8)).permute(2, 0, 1)), eps)
+    mean, std = _channel_mean_std(_u8_to_unit(_writable_tensor(image_u8).permute(2, 0, 1)), eps)
     return mean.flatten().numpy(), std.flatten().numpy()
 
 
@@ -100,8 +103,8 @@ def colour_fix(output_u8: np.ndarray, reference_u8: np.ndarray, eps: float = COL
     if output_u8.shape != reference_u8.shape or output_u8.ndim != 3:
         raise ValueError(f"colour_fix needs two (H, W, 3) images of one size, got {output_u8.shape} "
                          f"and {reference_u8.shape}")
-    y = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(output_u8)).permute(2, 0, 1))
-    x = _u8_to_unit(torch.from_numpy(np.ascontiguousarray(reference_u8)).permute(2, 0, 1))
+    y = _u8_to_unit(_writable_tensor(output_u8).permute(2, 0, 1))
+    x = _u8_to_unit(_writable_tensor(reference_u8).permute(2, 0, 1))
     mean_y, std_y = _channel_mean_std(y, eps)
     mean_x, std_x = _channel_mean_std(x, eps)
     fixed = (y - mean_y) / std_y * std_x + mean_x
