@@ -1,0 +1,31 @@
+"""benchmarks/cli_help_times.py finds every command line and times its --help (the figures are
+printed, never asserted: they depend on the machine's load)."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks.cli_help_times import format_table, help_commands, main, time_help
+
+
+def test_every_command_line_is_found() -> None:
+    shown = {" ".join(c[1:]) for c in help_commands()}
+    expected = {"-m runtime_py --help", "-m runtime_py render --help", "-m runtime_py parity --help",
+                "export/to_executorch.py --help", "export/to_coreml.py --help", "export/to_qnn.py --help",
+                "export/run_all.py --help", "benchmarks/run.py --help", "android_demo/host/render.sh --help"}
+    assert expected <= shown, expected - shown
+    assert not any("cli_help_times" in s for s in shown)  # it does not time itself
+
+
+def test_one_help_is_timed_and_tabulated() -> None:
+    timing = time_help((sys.executable, "-m", "runtime_py", "--help"), repeats=2, timeout=120)
+    assert timing.returncode == 0 and timing.stderr_bytes == 0 and len(timing.seconds) == 2
+    table = format_table([timing]).splitlines()
+    assert table[0].split()[:3] == ["command", "median", "s"] and table[2].startswith("python -m runtime_py --help")
+    print(format_table([timing]))
+
+
+def test_match_picks_commands(capsys) -> None:
+    assert main(["--repeats", "1", "--match", "export/to_qnn.py"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[2].startswith("python export/to_qnn.py --help")
