@@ -1,9 +1,10 @@
 """Time every command line's ``--help``: ``python benchmarks/cli_help_times.py [--repeats N]``.
 
 Each command starts in a fresh process, as a user's would, ``--repeats`` times; the table gives the
-median and the fastest wall-clock time, the exit status and how many bytes came on stderr (a quiet
-``--help`` writes none). It is a measurement to read, not a test: the figures depend on the machine
-and its load. The commands are found, not listed by hand: every Python script of the toolkit's
+median and the fastest wall-clock time, the median CPU time (user + system of the process and its
+children: what the command costs, nearly independent of other load on the machine), the exit status
+and how many bytes came on stderr (a quiet ``--help`` writes none). It is a measurement to read, not a
+test: wall-clock figures depend on the machine and its load. The commands are found, not listed by hand: every Python script of the toolkit's
 folders with a ``__main__`` block, ``python -m runtime_py`` and each of its commands, and the Android
 demo's host scripts (``render.sh`` checks its build first, which is part of what a user waits for).
 ``scripts/*.sh`` are left out: they install (setup_env.sh) or run whole jobs.
@@ -12,6 +13,7 @@ demo's host scripts (``render.sh`` checks its build first, which is part of what
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ HOST_SCRIPTS = "android_demo/host"
 class HelpTiming:
     command: tuple[str, ...]
     seconds: list[float]
+    cpu_seconds: list[float]
     returncode: int
     stderr_bytes: int
 
@@ -62,9 +65,10 @@ def help_commands() -> list[tuple[str, ...]]:
 
 
 def time_help(command: Sequence[str], repeats: int, timeout: float) -> HelpTiming:
-    """Run ``command`` ``repeats`` times from the repository root; wall-clock seconds of each run."""
-    seconds, code, err = [], 0, 0
+    """Run ``command`` ``repeats`` times from the repository root; wall-clock and CPU seconds of each run."""
+    seconds, cpu, code, err = [], [], 0, 0
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         try:
             proc = subprocess.run(list(command), cwd=REPO, capture_output=True, timeout=timeout)
@@ -73,17 +77,19 @@ def time_help(command: Sequence[str], repeats: int, timeout: float) -> HelpTimin
             code = -1
             break
         seconds.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the finished (waited-for) processes only
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         code, err = proc.returncode, max(err, len(proc.stderr))
-    return HelpTiming(tuple(command), seconds, code, err)
+    return HelpTiming(tuple(command), seconds, cpu or [float("nan")], code, err)
 
 
 def format_table(timings: Sequence[HelpTiming]) -> str:
     def shown(command: tuple[str, ...]) -> str:
         return " ".join("python" if part == sys.executable else part for part in command)
 
-    rows = [("command", "median s", "min s", "exit", "stderr bytes")]
-    rows += [(shown(t.command), f"{t.median:.2f}", f"{min(t.seconds):.2f}", str(t.returncode), str(t.stderr_bytes))
-             for t in timings]
+    rows = [("command", "median s", "min s", "cpu s", "exit", "stderr bytes")]
+    rows += [(shown(t.command), f"{t.median:.2f}", f"{min(t.seconds):.2f}", f"{statistics.median(t.cpu_seconds):.2f}",
+              str(t.returncode), str(t.stderr_bytes)) for t in timings]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -113,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings = []
     for command in commands:
         timings.append(time_help(command, args.repeats, args.timeout))
-        print(f"  {' '.join(command[1:])}: {timings[-1].median:.2f} s", file=sys.stderr, flush=True)
+        print(f"  {' '.join(command[1:])}: {timings[-1].median:.2f} s "
+              f"({statistics.median(timings[-1].cpu_seconds):.2f} s CPU)", file=sys.stderr, flush=True)
     print(format_table(timings))
     return 1 if any(t.returncode != 0 or t.stderr_bytes for t in timings) else 0
 
