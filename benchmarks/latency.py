@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime_py.components import TILE_COMPONENTS
+from export.targets import TILE as TILE_COMPONENTS  # the registry's tuple: no torch import, so --help stays instant
 
 
 @dataclass(frozen=True)

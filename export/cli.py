@@ -6,6 +6,11 @@ directly inside; default ``artifacts/<target>``), ``--components`` is space sepa
 flags are ``runtime_py.checkpoints.weight_args``'s, and the calibration, parity and step flags are
 the same everywhere. A family adds only its own lowering flags. Building the parser imports no
 heavy library, so ``--help`` is instant; the flow and the lowering load them when they run.
+
+The known-harmless lines third-party libraries print on import and during lowering (torchao's CUDA
+kernels, coremltools' Linux notices, torch's pytree deprecation) are hidden at their source by
+``runtime_py.third_party_logs`` before any of them is imported, and coremltools' progress bars are
+off when stderr is not a terminal (a log file); ``--verbose`` shows them all again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from export.targets import ALL_COMPONENTS, FAMILIES, STEPS, Target, family_targets, target_for
+from runtime_py.third_party_logs import (
+    hide_known_harmless_messages,
+    quiet_progress_bars_off_terminal,
+    show_hidden_messages,
+)
+
+hide_known_harmless_messages()  # before the flow imports torch, executorch or coremltools
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 
@@ -50,6 +62,9 @@ def export_parser(family: str, doc: str) -> argparse.ArgumentParser:
                         help=f"steps to leave out, from {' -> '.join(STEPS)}: e.g. '--skip verify' exports without "
                              "the parity report; '--skip lower package' verifies an existing --out folder")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the known-harmless third-party messages hidden by default "
+                             "(runtime_py/third_party_logs.py lists them) and coremltools' progress bars in a log")
     weights = parser.add_argument_group("weights (default: the built-in default model)")
     add_weight_arguments(weights)
     weights.add_argument("--depth-checkpoint", type=Path, default=None,
@@ -135,6 +150,10 @@ def run_export(
     2 an error (one line on stderr), 3 this machine cannot build or run the target (one line).
     """
     args = parser.parse_args(argv)
+    if args.verbose:
+        show_hidden_messages()
+    else:
+        quiet_progress_bars_off_terminal()
     target = target_for(family, args.recipe)
     try:
         options = options_from_args(args)

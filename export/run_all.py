@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model size of the built-in model (advanced; default: the built-in model's)")
     p.add_argument("--photo-size", default="640x1024", help="HxW of the generated sample photo (default 640x1024)")
     p.add_argument("--no-render", action="store_true", help="skip rendering the sample photo through each backend")
+    p.add_argument("--verbose", action="store_true",
+                   help="pass --verbose to every step: their logs then also show the known-harmless third-party "
+                        "messages they hide by default (runtime_py/third_party_logs.py lists them)")
     return p
 
 
@@ -247,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     targets = planned_exports(out, args.config, args.targets)
     py = sys.executable
-    exports = {t.name: run_step(f"export {t.name}", [py, t.exporter, *t.args], out / "logs" / f"export-{t.name}.log")
+    verbose = ["--verbose"] if args.verbose else []
+    exports = {t.name: run_step(f"export {t.name}", [py, t.exporter, *t.args, *verbose],
+                                out / "logs" / f"export-{t.name}.log")
                for t in targets}
 
     renders: dict[str, StepResult] = {}
@@ -255,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         h, w = (int(v) for v in args.photo_size.lower().split("x"))
         photo = write_sample_photo(out / "sample", seed=12345, height=h, width=w)
         render = lambda p: [py, "-m", "runtime_py", "render", "--image", str(p["image"]),  # noqa: E731
-                            "--depth", str(p["depth"]), "--mask", str(p["mask"]), "--K", "24", "--no-progress"]
+                            "--depth", str(p["depth"]), "--mask", str(p["mask"]), "--K", "24", "--no-progress",
+                            *verbose]
         cfg = ["--config", args.config] if args.config else []
         renders["torch"] = run_step("render torch", [*render(photo), *cfg, "--out", str(out / "renders" / "torch.png")],
                                     out / "logs" / "render-torch.log")

@@ -18,20 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.train_default import parse_overrides
-    from runtime_py.model import build_model, get_config
-    from runtime_py.scenes import generate_scene
-    from training.default_model.data import load_scene_pool
-    from training.default_model.evaluate import HELD_OUT_FIRST_SEED
-    from training.default_model.losses import ssim
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool-dir", type=Path, required=True, help="folder of scene pool shards (*.npz)")
     p.add_argument("--config", default="small", help="MagicBokeh configuration")
@@ -43,7 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=float, default=20.0, help="seconds between held-out evaluations")
     p.add_argument("--eval-scenes", type=int, default=16, help="held-out scenes (256 px)")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the curve")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # before the heavy imports: --help stays instant
+
+    import numpy as np
+    import torch
+
+    from export.train_default import parse_overrides
+    from runtime_py.model import build_model, get_config
+    from runtime_py.scenes import generate_scene
+    from training.default_model.data import load_scene_pool
+    from training.default_model.evaluate import HELD_OUT_FIRST_SEED
+    from training.default_model.losses import ssim
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -61,15 +61,29 @@ def _emit_known_and_real() -> None:
         "Calling register_constant() on Enum subclasses is deprecated.", "<enum 'KernelPreference'>")
     logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").warning(
         "Unable to import `torchao` Tensor objects. This may affect loading checkpoints serialized with `torchao`")
+    logging.getLogger("coremltools").warning(
+        "Torch version 2.13.0+cpu has not been tested with coremltools. You may run into unexpected errors. "
+        "Torch 2.7.0 is the most recent version that has been tested.")
+    logging.getLogger("coremltools").warning(
+        "scikit-learn version 1.9.1 is not supported. Minimum required version: 0.17. Maximum required version: "
+        "1.5.1. Disabling scikit-learn conversion API.")
     # Real messages from the same loggers must still show.
     logging.getLogger("torchao").warning("Skipping import of cpp extensions due to incompatible torch version.")
     logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").warning("some real problem")
+    logging.getLogger("coremltools").warning("Failed to load _MLModelProxy: dlopen: symbol not found")
 
 
 def test_only_the_known_messages_are_hidden(captured_records) -> None:
     _emit_known_and_real()
     shown = [r.getMessage() for r in captured_records]
-    assert shown == ["Skipping import of cpp extensions due to incompatible torch version.", "some real problem"]
+    assert shown == ["Skipping import of cpp extensions due to incompatible torch version.", "some real problem",
+                     "Failed to load _MLModelProxy: dlopen: symbol not found"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the libcoremlpython notice is harmless on Linux only")
+def test_coremltools_missing_native_module_is_hidden_on_linux(captured_records) -> None:
+    logging.getLogger("coremltools").warning("Failed to load _MLModelProxy: No module named 'coremltools.libcoremlpython'")
+    assert captured_records == []
 
 
 def test_verbose_shows_what_is_hidden(captured_records, monkeypatch, capsys) -> None:
@@ -78,4 +92,4 @@ def test_verbose_shows_what_is_hidden(captured_records, monkeypatch, capsys) -> 
     assert main(["render", "--verbose"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     _emit_known_and_real()
-    assert len(captured_records) == 5
+    assert len(captured_records) == 8

@@ -10,7 +10,7 @@ import com.magicbokeh.core.Json;
 import com.magicbokeh.core.Manifest;
 import com.magicbokeh.core.RenderResult;
 import com.magicbokeh.core.RgbImage;
-import com.magicbokeh.jni.ExecuTorchComponent;
+import com.magicbokeh.jni.ComponentBenchmark;
 import com.magicbokeh.jni.ExecuTorchException;
 import com.magicbokeh.jni.ExecuTorchTileModel;
 import java.io.FileNotFoundException;
@@ -160,38 +160,13 @@ public final class HostRender {
         return value;
     }
 
-    /** Time encoder, denoiser and decoder on constant inputs of their shapes, as the app's benchmark mode does. */
+    /** Time encoder, denoiser and decoder as the app's benchmark mode does ({@link ComponentBenchmark}). */
     static int benchmark(Path artifacts, int runs, Path out, String device) throws IOException {
         if (runs < 1) throw new IllegalArgumentException("--benchmark needs at least 1 run, got " + runs);
         Manifest manifest = Manifest.read(artifacts, true);
         Map<String, Object> context = new LinkedHashMap<>();
         context.put("artifacts", artifacts.toAbsolutePath().toString());
-        context.put("manifest_sha256", manifest.manifestSha256);
-        context.put("model", manifest.modelLabel);
-        context.put("runs", runs);
-        context.put("warmup_runs", 1);
-        BenchmarkReport report = new BenchmarkReport(device, context);
-        try (ExecuTorchTileModel model = ExecuTorchTileModel.load(manifest)) {
-            for (String name : new String[] {"encoder", "denoiser", "decoder"}) {
-                ExecuTorchComponent component = model.component(name);
-                int[][] shapes = component.inputShapes();
-                float[][] inputs = new float[shapes.length][];
-                for (int i = 0; i < shapes.length; i++) {
-                    int n = 1;
-                    for (int d : shapes[i]) n *= d;
-                    inputs[i] = new float[n];
-                    java.util.Arrays.fill(inputs[i], i == 2 ? 1f : 0.25f);  // the denoiser's third input is a 0/1 mask
-                }
-                component.run(inputs, shapes);
-                double[] times = new double[runs];
-                for (int r = 0; r < runs; r++) {
-                    long t0 = System.nanoTime();
-                    component.run(inputs, shapes);
-                    times[r] = (System.nanoTime() - t0) / 1e6;
-                }
-                report.add(name, times, null);
-            }
-        }
+        BenchmarkReport report = ComponentBenchmark.run(manifest, runs, device, context, null);
         Images.writeText(out, report.toJsonText());
         System.err.println("wrote " + out);
         return 0;

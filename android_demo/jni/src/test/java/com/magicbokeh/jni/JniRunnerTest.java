@@ -113,4 +113,37 @@ class JniRunnerTest {
         decoder.close();
         assertThrows(IllegalStateException.class, () -> decoder.run(new float[1]));
     }
+
+    /**
+     * The benchmark both the app and the host CLI run: every component timed {@code runs} times after
+     * one warm-up, the memory probe read after the warm-up and after each timed run (the app passes the
+     * native heap size; here a counter, so the peak must be its last reading).
+     */
+    @Test
+    @SuppressWarnings("unchecked")
+    void componentBenchmarkTimesEveryComponentAndReadsTheProbe() throws IOException {
+        long[] readings = {0};
+        int runs = 2;
+        java.util.Map<String, Object> context = new java.util.LinkedHashMap<>();
+        context.put("artifacts", "here");
+        java.util.Map<String, Object> json = ComponentBenchmark.run(manifest(), runs, "test device", context,
+                () -> ++readings[0]).toJson();
+        assertEquals(3L * (1 + runs), readings[0], "one reading after the warm-up and one per timed run");
+        java.util.Map<String, Object> ctx = (java.util.Map<String, Object>) json.get("context");
+        assertEquals("here", ctx.get("artifacts"));
+        assertEquals(runs, ctx.get("runs"));
+        assertEquals(ComponentBenchmark.WARMUP_RUNS, ctx.get("warmup_runs"));
+        java.util.Map<String, java.util.Map<String, Object>> rows = (java.util.Map<String, java.util.Map<String, Object>>)
+                ((java.util.Map<String, Object>) json.get("devices")).get("test device");
+        assertEquals(java.util.List.of(ComponentBenchmark.COMPONENTS), new java.util.ArrayList<>(rows.keySet()));
+        long last = 0;
+        for (String name : ComponentBenchmark.COMPONENTS) {
+            java.util.Map<String, Object> row = rows.get(name);
+            last += 1 + runs;
+            assertEquals(last, row.get("peak_memory_bytes"), name + ": peak is the largest reading");
+            assertEquals(runs, ((java.util.List<?>) row.get("runs_ms")).size(), name);
+            assertTrue((double) row.get("latency_ms") > 0, name);
+        }
+        assertThrows(IllegalArgumentException.class, () -> ComponentBenchmark.run(manifest(), 0, "d", context, null));
+    }
 }
