@@ -108,12 +108,17 @@ FULL_SIZE_TARGETS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class FullSizeStep:
-    """One command of the plan: its name (a registry target or "checkpoint"), argv and artifacts folder."""
+    """One command of the plan: its name (a registry target or "checkpoint"), argv and output folder
+    (an artifacts folder; for "checkpoint" the checkpoint folder)."""
 
     name: str
     argv: tuple[str, ...]
     out: Path | None = None
     skip_reason: str | None = None
+
+    @property
+    def makes_artifacts(self) -> bool:
+        return self.name != "checkpoint" and self.out is not None
 
     def command(self) -> str:
         return " ".join(shlex.quote(a) for a in self.argv)
@@ -130,7 +135,7 @@ def full_size_steps(checkpoint: Path, work: Path, targets: Sequence[str] = tuple
     checkpoint, work = Path(checkpoint), Path(work)
     made = (checkpoint / "lora.pkl").is_file() and (checkpoint / "sd21").is_dir()
     steps = [FullSizeStep("checkpoint", (python, "-m", "runtime_py", "make-checkpoint", "--config", "sd21",
-                                         "--out", str(checkpoint), "--seed", str(seed)),
+                                         "--out", str(checkpoint), "--seed", str(seed)), checkpoint,
                           skip_reason=f"{checkpoint} already holds a checkpoint" if made else None)]
     weights = ("--sd21", str(checkpoint / "sd21"), "--lora", str(checkpoint / "lora.pkl"), "--config", "sd21")
     for target in targets:
@@ -205,13 +210,16 @@ def run_full_size_plan(steps: Sequence[FullSizeStep], work: Path, *, timeout_s: 
         row.update(result)
         row["within_rss_limit"] = result["peak_rss_bytes"] < PEAK_RSS_LIMIT_BYTES
         # Exporters exit 1 when parity misses a bar: the artifacts exist and are reported as such.
-        done = result["exitcode"] in (0, 1) if step.out is not None else result["exitcode"] == 0
+        done = result["exitcode"] in (0, 1) and (step.out / "manifest.json").is_file() if step.makes_artifacts \
+            else result["exitcode"] == 0
         row["status"] = "timeout" if result["timed_out"] else "ok" if done else "error"
         if row["status"] != "ok":
             row["error"] = _log_tail(work / "logs" / f"{step.name}.log")
-        elif step.out is not None:
+        elif step.makes_artifacts:
             row["sizes"] = artifact_sizes(step.out)
             row["parity"] = _parity_headline(step.out)
+        else:
+            row["sizes"] = folder_sizes(step.out)
         rows[step.name] = row
         log(f"[full size] {step.name}: {row['status']} in {result['seconds']:.0f} s, peak RSS "
             f"{result['peak_rss_bytes'] / 2**30:.2f} GiB" + (f" ({row['error']})" if row.get("error") else ""))
@@ -224,6 +232,16 @@ def run_full_size_plan(steps: Sequence[FullSizeStep], work: Path, *, timeout_s: 
 
     write_json(work / "full_scale.json", report)
     return report
+
+
+def folder_sizes(folder: Path | None) -> dict[str, Any]:
+    """Bytes of each top-level entry of a non-artifacts output (the checkpoint: ``sd21/``, ``lora.pkl``),
+    in the shape of ``artifact_sizes`` so the report's size table reads it too."""
+    from runtime_py.manifest import size_bytes
+
+    entries = sorted(Path(folder).iterdir()) if folder is not None and Path(folder).is_dir() else []
+    return {"backend": None, "precision": None,
+            "components": {Path(folder).name if folder else "output": {p.name: size_bytes(p) for p in entries}}}
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:

@@ -105,35 +105,7 @@ def test_wrong_schema_version_is_refused(tmp_path, components):
 
 # -- components split into parts (a full-size QNN denoiser) ---------------------------------------------
 
-
-def _write_parted(folder: Path, components) -> Manifest:
-    """A qnn-style folder whose denoiser is two parts chained through tensor 'mid'; the other
-    components are single files (as in a real export)."""
-    from runtime_py.manifest import ComponentPart
-
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for name, component in components.items():
-        (folder / f"{name}.w8a16.onnx").write_bytes(f"payload of {name}".encode())
-        entries[name] = ComponentEntry.from_component(component, f"{name}.w8a16.onnx", "w8a16")
-    denoiser = components["denoiser"]
-    inputs = [{"name": s.name, "dtype": "float32", "shape": list(s.shape)} for s in denoiser.input_specs()]
-    output = [{"name": s.name, "dtype": "float32", "shape": list(s.shape)} for s in denoiser.output_specs()]
-    mid = [{"name": "mid", "dtype": "float32", "shape": [1, 8, 4, 4]}]
-    parts = []
-    for index, (reads, writes) in enumerate(((inputs, mid), ([inputs[0], *mid], output))):
-        files = {"file": f"denoiser.w8a16.part{index}.onnx", "fp32_file": f"denoiser.fp32.part{index}.onnx",
-                 "ctx": f"denoiser.w8a16.part{index}.SM8650.ctx.onnx"}
-        for file in files.values():
-            (folder / file).write_bytes(f"{file} bytes".encode())
-        parts.append(ComponentPart(index, files["file"], reads, writes, fp32_file=files["fp32_file"],
-                                   context_files={"SM8650": files["ctx"]}, extra={"weight_bytes": 10 + index}))
-    entries["denoiser"] = ComponentEntry.from_component(denoiser, parts[0].file, "w8a16", context_files={})
-    entries["denoiser"].parts = parts
-    manifest = Manifest(backend="qnn", config=get_config("tiny").to_dict(), weights_sha256="ab" * 32,
-                        components=entries, precision="w8a16", model_label="structural test")
-    write_manifest(folder, manifest)
-    return manifest
+from tests.fixtures.qnn_parts import write_parted_artifacts as _write_parted  # noqa: E402
 
 
 def test_parts_round_trip_and_unsplit_components_carry_no_parts_key(tmp_path, components):
