@@ -183,7 +183,7 @@ class ComponentFiles:
     output: str = ""
 
 
-def wrap_part(session: Any, part: PartFiles, component: str) -> PartFn:
+def wrap_part(session: Any, part: PartFiles, component: str, path: Path | None = None) -> PartFn:
     """A part's session as ``{input name: array} -> {output name: array}``, its names checked
     against the manifest's now (a ManifestError names the part and the tensor)."""
     from ..manifest import ManifestError
@@ -192,7 +192,7 @@ def wrap_part(session: Any, part: PartFiles, component: str) -> PartFn:
     have_out = [o.name for o in session.get_outputs()]
     if sorted(have_in) != sorted(part.inputs) or not set(part.outputs) <= set(have_out):
         raise ManifestError(
-            f"component {component!r} part {part.index} ({part.qdq.name}): the model reads {have_in} and writes "
+            f"component {component!r} part {part.index} ({(path or part.qdq).name}): the model reads {have_in} and writes "
             f"{have_out}, the manifest says it reads {list(part.inputs)} and writes {list(part.outputs)}")
     outputs = list(part.outputs)
 
@@ -312,7 +312,7 @@ class OnnxRuntimeBackend:
         path = part.qdq if self.model == "qdq" else part.fp32
         if path is None:
             raise ValueError(f"component {component!r} part {part.index} has no {self.model} model in these artifacts")
-        return wrap_part(cpu_session(path, self.threads, self.optimize), part, component)
+        return wrap_part(cpu_session(path, self.threads, self.optimize), part, component, path)
 
     def load_parts(self, files: ComponentFiles, component: str) -> list[PartFn]:
         return [self.load_part(p, component) for p in files.parts]
@@ -352,7 +352,7 @@ class QnnHtpBackend:
         register_qnn_ep()
         context = part.contexts.get(self.soc) if self.use_context else None
         path = context if context is not None and context.exists() else part.qdq
-        return wrap_part(htp_session(path, self.soc), part, component)
+        return wrap_part(htp_session(path, self.soc), part, component, path)
 
 
 register_backend("onnxruntime", OnnxRuntimeBackend)
