@@ -37,6 +37,19 @@ def artifact_sizes(folder: Path | str) -> dict[str, Any]:
             sizes["fp32"] = size_bytes(folder / extra["fp32_file"]) + _data_bytes(folder / extra["fp32_file"])
         for soc, file in (extra.get("context_files") or {}).items():
             sizes[f"{manifest.precision}-context-{soc}"] = size_bytes(folder / file)
+        if entry.parts:  # one size per part file; whether each context fits the phone's per-part limit
+            del sizes[manifest.precision]
+            rows = []
+            for part in entry.parts:
+                label = f"{manifest.precision}-part{part.index}"
+                sizes[label] = size_bytes(folder / part.file) + _data_bytes(folder / part.file)
+                contexts = {soc: size_bytes(folder / f) for soc, f in part.context_files.items()}
+                for soc, size in contexts.items():
+                    sizes[f"{label}-context-{soc}"] = size
+                rows.append({"index": part.index, "bytes": sizes[label], "context_bytes": contexts,
+                             "fits_part_limit": part.extra.get("fits_part_limit")})
+            out.setdefault("parts", {})[name] = {"max_part_mb": (extra.get("split") or {}).get("max_part_mb"),
+                                                 "parts": rows}
         out["components"][name] = sizes
     return out
 
@@ -70,12 +83,13 @@ def _data_bytes(path: Path) -> int:
 
 
 def export_for_benchmark(target: str, config_name: str, out_dir: str, calibration_scenes: int = 1,
-                         calibration_tiles: int = 2, threads: int | None = None, contexts: bool = True) -> dict[str, Any]:
+                         calibration_tiles: int = 2, threads: int | None = None, contexts: bool = True,
+                         max_part_mb: float | None = None) -> dict[str, Any]:
     """Export the tile components of the benchmark model for registry ``target`` into ``out_dir``.
 
     Returns seconds per step and the artifact sizes; raises on failure (the caller records it).
     ``contexts=False`` skips precompiling QNN context binaries (the HTP then compiles the QDQ model
-    when it loads it, inside its own timed run).
+    when it loads it, inside its own timed run); ``max_part_mb`` overrides a QNN target's part limit.
     """
     from export.flow import ExportSettings, export_target
     from export.targets import get_target
@@ -92,6 +106,8 @@ def export_for_benchmark(target: str, config_name: str, out_dir: str, calibratio
     if calibration is not None:
         calibration = replace(calibration, num_scenes=calibration_scenes, max_tiles_per_image=calibration_tiles)
     options = {"contexts": False} if not contexts and "contexts" in spec.recipe.lowering.options else {}
+    if max_part_mb is not None:  # the QNN targets' per-part limit (MiB of estimated context binary)
+        options["max_part_mb"] = max_part_mb
     settings = ExportSettings(components=TILE_COMPONENTS, calibration=calibration, options=options)
     result = export_target(spec, model, out_dir, skip=("verify",), settings=settings, model_label=label,
                            log=lambda _m: None)

@@ -334,7 +334,7 @@ def _component_results(manifest: Any, names: Sequence[str], verify: VerifyOutput
             name=name,
             file=entry.file if entry else None,
             precision=entry.precision if entry else "",
-            bytes=entry.bytes if entry else None,
+            bytes=entry.total_bytes if entry else None,
             seconds=dict(entry.extra.get("seconds", {})) if entry else {},
             parity=verify.components.get(name) if verify else None,
             extra={k: v for k, v in (entry.extra if entry else {}).items() if k != "seconds"},

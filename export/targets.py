@@ -208,6 +208,10 @@ _ET_VERIFY = VerifySpec(num_scenes=2)
 # The simulated HTP takes seconds (encoder, depth) to minutes (denoiser) per 512-px tile on x86:
 # parity uses its own seed (not the calibration scenes) and few tiles.
 _QNN_VERIFY = VerifySpec(num_scenes=1, max_tiles_per_image=4, seed=4321)
+#: The largest context binary a part may have (MiB): ExecuTorch reports mmap failures above ~467 MB
+#: on phones and Qualcomm AI Hub ships SD's UNet in parts, so a component estimated above this is
+#: split (``export.qnn_lowering``); the small models never are.
+QNN_MAX_PART_MB = 400.0
 _QNN_MAIN_JOB = ("--calibration-scenes", "2", "--parity-scenes", "1", "--parity-tiles", "1",
                  "--parity-scene-size", "tile")
 
@@ -245,15 +249,17 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
             "per-layer 4/6/8-bit palettization chosen by sensitivity measured in torch on real tiles"),
     Target("qnn-w8a16", "qnn-htp",
            _recipe("w8a16", "w8a16", "qnn", "qnn-htp", "qnn",
-                   "ONNX -> HTP rewrites -> QDQ W8A16 -> HTP context binaries (CPU fallback disabled)",
-                   contexts=True),
+                   "ONNX -> HTP rewrites -> QDQ W8A16 (streaming calibration) -> HTP context binaries (CPU "
+                   "fallback disabled), split into parts of < 400 MB context each where larger",
+                   contexts=True, calibration="streaming", max_part_mb=QNN_MAX_PART_MB),
            components=ALL_COMPONENTS, verify=_QNN_VERIFY, main_job=_QNN_MAIN_JOB, render_crop=(512, 512),
            notes="HTP simulated on x86: parity on one 1-tile scene (see parity.md), render of a one-tile "
                  "crop of the sample photo; its time says nothing about a phone"),
     Target("qnn-w8a8", "qnn-htp",
            _recipe("w8a8", "w8a8", "qnn", "qnn-htp", "qnn",
-                   "ONNX -> HTP rewrites -> QDQ W8A8 (the denoiser's x0 step 16-bit) -> HTP context binaries",
-                   contexts=True),
+                   "ONNX -> HTP rewrites -> QDQ W8A8 (the denoiser's x0 step 16-bit) -> HTP context binaries, "
+                   "split into parts of < 400 MB context each where larger",
+                   contexts=True, calibration="streaming", max_part_mb=QNN_MAX_PART_MB),
            components=ALL_COMPONENTS, verify=_QNN_VERIFY),
     Target("onnx-fp32", "onnxruntime-fp32",
            _recipe("fp32", "fp32", "qnn", "onnx", "qnn",

@@ -3,6 +3,7 @@
     python export/to_qnn.py                                  # built-in model (all four components), W8A16, SM8650
     python export/to_qnn.py --recipe w8a8 --soc SM8550 SM8650 SM8750
     python export/to_qnn.py --sd21 DIR --lora lora.pkl       # the published weights
+    python export/to_qnn.py --sd21 DIR --lora lora.pkl --max-part-mb 400 --soc all   # full size, in parts
     python export/to_qnn.py --checkpoint magicbokeh.safetensors --override denoiser:/conv_out/Conv_output_0=16
     python export/to_qnn.py --hub --hub-device "Samsung Galaxy S24 (Family)"
 
@@ -13,7 +14,9 @@ unless --depth-checkpoint names the user's Depth Anything V2 checkpoint).
 Writes OUT/<component>.fp32.onnx, OUT/<component>.<precision>.onnx (QDQ), one
 OUT/<component>.<precision>.<SoC>.ctx.onnx per SoC (EPContext, precompiled for the HTP),
 OUT/manifest.json, OUT/parity.json and OUT/parity.md (quantization vs backend error; default OUT:
-artifacts/qnn-<recipe>), and with --hub OUT/hub.json plus OUT/hub/<device>/; prints a summary
+artifacts/qnn-<recipe>); a component split into parts (its estimated context binary over
+--max-part-mb) has OUT/<component>.<precision>.part<i>.* files instead, each part measured on its
+own in parity.md, and with --hub OUT/hub.json plus OUT/hub/<device>/; prints a summary
 table. The flags are the ones every exporter shares (``export/cli.py``) plus the QNN lowering's.
 """
 
@@ -44,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep one tensor at 8 or 16 bits, e.g. denoiser:x0=16 (repeatable)")
     low.add_argument("--no-contexts", action="store_true",
                      help="skip the context binaries, and with them the verify step (it runs the HTP)")
+    low.add_argument("--max-part-mb", type=float, default=None, metavar="MIB",
+                     help="split a component whose estimated context binary is larger than this into parts run in "
+                          "sequence, each quantized and compiled on its own and listed in the manifest (default: the "
+                          "recipe's, 400; 0 = never split)")
+    low.add_argument("--calibration", choices=("streaming", "onnxruntime"), default=None,
+                     help="how activation ranges are calibrated: 'streaming' (default: one session, running min/max, "
+                          "fits any model size) or 'onnxruntime' (its own MinMax calibrator, the same ranges, holding "
+                          "every intermediate; unsplit components only)")
     hub = parser.add_argument_group("Qualcomm AI Hub (needs an API token and network)")
     hub.add_argument("--hub", action="store_true", help="compile, profile and run on AI Hub devices; merge the results")
     hub.add_argument("--hub-device", action="append", default=None,
@@ -78,6 +89,12 @@ def lowering_options(args: argparse.Namespace) -> dict[str, Any]:
         options["overrides"] = parse_overrides(args.override)
     if args.no_contexts:
         options["contexts"] = False
+    if args.max_part_mb is not None:
+        if args.max_part_mb < 0:
+            raise ValueError(f"--max-part-mb must be >= 0 (0 = never split), got {args.max_part_mb:g}")
+        options["max_part_mb"] = args.max_part_mb or None
+    if args.calibration is not None:
+        options["calibration"] = args.calibration
     return options
 
 

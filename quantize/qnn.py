@@ -166,6 +166,7 @@ def quantize_qdq(
     external_data: bool = False,
     calibration: str = "onnxruntime",
     ranges: Any = None,
+    sensitive: bool = True,
 ) -> QnnQuantResult:
     """Quantize an fp32 ONNX model (already rewritten for the HTP) into a QDQ model.
 
@@ -193,7 +194,7 @@ def quantize_qdq(
     model = onnx.load(str(model_path), load_external_data=False)
     input_names = [i.name for i in model.graph.input]
     graph_tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
-    merged = sensitive_overrides(model, component, recipe)
+    merged = sensitive_overrides(model, component, recipe) if sensitive else {}
     for tensor, entry in (overrides or {}).items():
         if tensor not in graph_tensors:
             raise QuantizationError(f"component {component!r}: override names tensor {tensor!r}, which is not in the graph")
@@ -239,3 +240,65 @@ def quantize_qdq(
         seconds=time.perf_counter() - start,
         extra=extra,
     )
+
+
+@dataclass
+class WholeGraphCalibration:
+    """What quantizing the parts of a split graph needs from the whole graph: its activation
+    ranges (streamed) and its per-tensor overrides (built-in and the user's)."""
+
+    ranges: Any  # quantize.streaming_calibration.StreamingRanges
+    overrides: dict[str, list[dict[str, Any]]]
+
+    def overrides_for(self, model_path: Path | str) -> dict[str, list[dict[str, Any]]]:
+        """The overrides naming tensors of one part (quantize_qdq refuses names not in its graph)."""
+        model = onnx.load(str(model_path), load_external_data=False)
+        tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
+        return {t: e for t, e in self.overrides.items() if t in tensors}
+
+
+def calibrate_whole_graph(
+    model_path: Path | str,
+    samples: Sequence[Sequence[np.ndarray]],
+    *,
+    component: str,
+    recipe: QuantRecipe | str = "w8a16",
+    overrides: Mapping[str, list[dict[str, Any]]] | None = None,
+) -> WholeGraphCalibration:
+    """Stream the whole fp32 graph's min/max ranges over ``samples`` (one session, running min/max)
+    for the op types the QNN configuration quantizes, and merge its overrides; the parts of its
+    split are then quantized with ``quantize_qdq(part, ..., calibration="streaming", ranges=...,
+    sensitive=False, overrides=result.overrides_for(part))``, exactly as the whole would be."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from .streaming_calibration import stream_minmax_ranges
+
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if len(samples) == 0:
+        raise QuantizationError(f"component {component!r}: no calibration samples given")
+    activation_type, weight_type = quant_types(recipe)
+    model = onnx.load(str(model_path), load_external_data=False)
+    input_names = [i.name for i in model.graph.input]
+    graph_tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
+    merged = sensitive_overrides(model, component, recipe)
+    for tensor, entry in (overrides or {}).items():
+        if tensor not in graph_tensors:
+            raise QuantizationError(f"component {component!r}: override names tensor {tensor!r}, which is not in the graph")
+        merged[tensor] = [dict(e) for e in entry]
+    del model
+    reader = SampleReader(input_names, samples)
+    try:
+        config = get_qnn_qdq_config(str(model_path), reader, calibrate_method=CalibrationMethod.MinMax,
+                                    activation_type=activation_type, weight_type=weight_type,
+                                    per_channel=recipe.per_channel,
+                                    init_overrides={k: [dict(e) for e in v] for k, v in merged.items()} or None)
+        reader.rewind()
+        ranges = stream_minmax_ranges(model_path, reader, op_types=config.op_types_to_quantize or None,
+                                      providers=config.calibration_providers)
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(f"calibrating component {component!r} with recipe {recipe.name!r} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    return WholeGraphCalibration(ranges, merged)

@@ -36,6 +36,62 @@ class ManifestError(ValueError):
     """An artifacts folder is missing, corrupt, or does not match what is being loaded."""
 
 
+def _check_relative(file: Any, where: str) -> None:
+    """A plain relative path inside the artifacts folder, or ManifestError naming ``where``."""
+    if not isinstance(file, str) or not file:
+        raise ManifestError(f"{where} names no file")
+    if Path(file).is_absolute() or ".." in Path(file).parts or "\\" in file or ":" in file:
+        raise ManifestError(f"{where}: file {file[:100]!r} is not a path inside the artifacts folder")
+
+
+def _tensor_names(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ManifestError(f"{where} is not a non-empty list of tensors")
+    names = []
+    for item in value:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ManifestError(f"{where}: every tensor needs a 'name'")
+        names.append(name)
+    return names
+
+
+def _check_parts(component: str, entry: dict[str, Any]) -> None:
+    """A component's ``parts``: files inside the folder, and a chain whose every input exists.
+
+    Each part may read the component's inputs and what earlier parts wrote; the component's
+    outputs must be written by some part. Anything else is one ManifestError naming the part.
+    """
+    parts = entry["parts"]
+    label = f"manifest component {component[:60]!r}"
+    if not isinstance(parts, list) or not parts:
+        raise ManifestError(f"{label}: 'parts' is not a non-empty list")
+    available = {s.get("name") for s in entry.get("inputs", []) if isinstance(s, dict)}
+    for index, part in enumerate(parts):
+        where = f"{label} part {index}"
+        if not isinstance(part, dict):
+            raise ManifestError(f"{where} is not an object")
+        if part.get("index", index) != index:
+            raise ManifestError(f"{where} says it is part {part.get('index')!r}: parts must be listed in order")
+        _check_relative(part.get("file"), where)
+        for key, kind in (("sha256", str), ("bytes", int), ("context_files", dict)):
+            if key in part and not isinstance(part[key], kind):
+                raise ManifestError(f"{where}: field {key!r} is not a {kind.__name__}")
+        if part.get("fp32_file") is not None:
+            _check_relative(part["fp32_file"], f"{where} fp32_file")
+        for soc, file in (part.get("context_files") or {}).items():
+            _check_relative(file, f"{where} context file for {soc[:20]!r}")
+        inputs = _tensor_names(part.get("inputs"), f"{where} inputs")
+        unknown = [n for n in inputs if n not in available]
+        if unknown:
+            raise ManifestError(f"{where} ({part['file'][:80]}) reads tensor {unknown[0][:80]!r}, which neither the "
+                                "component's inputs nor an earlier part provide")
+        available |= set(_tensor_names(part.get("outputs"), f"{where} outputs"))
+    missing = [s.get("name") for s in entry.get("outputs", []) if isinstance(s, dict) and s.get("name") not in available]
+    if missing:
+        raise ManifestError(f"{label}: no part writes the component's output {str(missing[0])[:80]!r}")
+
+
 def _check_schema(data: Any) -> None:
     """The manifest's structure and field types, before any field is used.
 
@@ -60,14 +116,9 @@ def _check_schema(data: Any) -> None:
                           ("sha256", str), ("bytes", int), ("extra", dict)):
             if key in entry and not isinstance(entry[key], kind):
                 raise ManifestError(f"manifest component {name[:60]!r}: field {key!r} is not a {kind.__name__}")
-        file = entry.get("file")
-        if not isinstance(file, str) or not file:
-            raise ManifestError(f"manifest component {name[:60]!r} names no file")
-        parts = Path(file).parts
-        if Path(file).is_absolute() or ".." in parts or "\\" in file or ":" in file:
-            raise ManifestError(
-                f"manifest component {name[:60]!r}: file {file[:100]!r} is not a path inside the artifacts folder"
-            )
+        _check_relative(entry.get("file"), f"manifest component {name[:60]!r}")
+        if "parts" in entry:
+            _check_parts(name, entry)
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -129,8 +180,46 @@ def processing_section(config: MagicBokehConfig) -> dict[str, Any]:
 
 
 @dataclass
+class ComponentPart:
+    """One part of a component split into files run in sequence, passing tensors by name.
+
+    ``inputs`` / ``outputs``: ``{"name", "dtype", "shape"}`` of the tensors it reads and writes;
+    ``file`` is the part's main (deployed-precision) file, hashed like a component's;
+    ``fp32_file`` and ``context_files`` (SoC -> file) are its other forms, checked to exist.
+    """
+
+    index: int
+    file: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    sha256: str = ""
+    bytes: int = 0
+    fp32_file: str | None = None
+    context_files: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t["name"] for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t["name"] for t in self.outputs]
+
+    def files(self) -> list[str]:
+        """Every file of this part (main, fp32, contexts), once each."""
+        return list(dict.fromkeys([self.file, *([self.fp32_file] if self.fp32_file else []),
+                                   *self.context_files.values()]))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ComponentPart":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
 class ComponentEntry:
-    """One exported component as the manifest records it."""
+    """One exported component as the manifest records it (``parts``: see the module docstring)."""
 
     name: str
     file: str
@@ -140,6 +229,27 @@ class ComponentEntry:
     sha256: str = ""
     bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    parts: list[ComponentPart] | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        """The deployed size: the file's bytes, or the sum over the parts' main files."""
+        return sum(p.bytes for p in self.parts) if self.parts else self.bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in vars(self).items() if k != "parts"}
+        if self.parts:  # absent, not null, on unsplit components: older readers see what they always saw
+            data["parts"] = [vars(p) for p in self.parts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ComponentEntry":
+        body = dict(data)
+        parts = body.pop("parts", None)
+        entry = cls(**body)
+        if parts is not None:
+            entry.parts = [ComponentPart.from_dict(p) for p in parts]
+        return entry
 
     @classmethod
     def from_component(cls, component: Component, file: str, precision: str, **extra: Any) -> "ComponentEntry":
@@ -188,7 +298,7 @@ class Manifest:
             "model": {"config": self.config, "weights_sha256": self.weights_sha256, "label": self.model_label},
             "tiling": tiling_section(cfg),
             "processing": processing_section(cfg),
-            "components": {name: vars(entry) | {"name": name} for name, entry in self.components.items()},
+            "components": {name: entry.to_dict() | {"name": name} for name, entry in self.components.items()},
             "tools": self.tools,
             "extra": self.extra,
         }
@@ -205,7 +315,7 @@ class Manifest:
             )
         _check_schema(data)
         try:
-            components = {name: ComponentEntry(**entry) for name, entry in data["components"].items()}
+            components = {name: ComponentEntry.from_dict(entry) for name, entry in data["components"].items()}
             return cls(
                 backend=data["backend"],
                 config=data["model"]["config"],
@@ -226,11 +336,21 @@ def write_manifest(folder: Path | str, manifest: Manifest) -> Path:
     """Fill in each component file's size and sha256, then write ``manifest.json`` atomically."""
     folder = Path(folder)
     for entry in manifest.components.values():
+        for part in entry.parts or ():
+            for file in part.files():
+                if not (folder / file).exists():
+                    raise ManifestError(f"component {entry.name!r} part {part.index}: artifact {folder / file} does not exist")
+            part.sha256 = sha256_file(folder / part.file)
+            part.bytes = size_bytes(folder / part.file)
+        if entry.parts and entry.file != entry.parts[0].file:
+            raise ManifestError(f"component {entry.name!r}: a split component's file is its first part's, "
+                                f"{entry.parts[0].file!r}, not {entry.file!r}")
         path = folder / entry.file
         if not path.exists():
             raise ManifestError(f"component {entry.name!r}: artifact {path} does not exist")
         entry.sha256 = sha256_file(path)
         entry.bytes = size_bytes(path)
+    _check_schema(json.loads(json.dumps(manifest.to_dict())))  # what readers will check, before writing
     return write_json(folder / MANIFEST_NAME, manifest.to_dict())
 
 
@@ -264,7 +384,21 @@ def read_manifest(folder: Path | str, verify_files: bool = True) -> Manifest:
                     f"component {entry.name!r}: {file} does not match the manifest (sha256 {digest[:12]}..., "
                     f"manifest says {entry.sha256[:12]}...): the file changed after export"
                 )
+            for part in entry.parts or ():
+                _verify_part_files(folder, entry.name, part)
     return manifest
+
+
+def _verify_part_files(folder: Path, component: str, part: ComponentPart) -> None:
+    for file in part.files():
+        if not (folder / file).exists():
+            raise ManifestError(f"component {component!r} part {part.index}: {folder / file} is listed in the "
+                                "manifest but missing")
+    digest = sha256_file(folder / part.file)
+    if digest != part.sha256:
+        raise ManifestError(f"component {component!r} part {part.index}: {folder / part.file} does not match the "
+                            f"manifest (sha256 {digest[:12]}..., manifest says {part.sha256[:12]}...): the file "
+                            "changed after export")
 
 
 def check_matches(

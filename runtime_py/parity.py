@@ -642,14 +642,142 @@ def split_parity_markdown(results: _Mapping[str, ParityResult], title: str = "Pa
 
 
 def write_split_parity_report(results: _Mapping[str, ParityResult], folder: _Path | str,
-                              title: str = "Parity report") -> tuple[_Path, _Path]:
-    """``parity.json`` (``{"passed", "quantization", "backend", "total"}``) and ``parity.md``, atomically."""
+                              title: str = "Parity report",
+                              parts: _Mapping[str, "PartParityResult"] | None = None) -> tuple[_Path, _Path]:
+    """``parity.json`` (``{"passed", "quantization", "backend", "total"}``, plus ``"parts"``: component ->
+    :class:`PartParityResult` for split components) and ``parity.md``, atomically."""
     from .atomic import write_json, write_text
 
     folder = _Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data: dict[str, _Any] = {"passed": all(r.passed for r in results.values()), "split": list(results)}
+    parts = dict(parts or {})
+    passed = all(r.passed for r in results.values()) and all(p.passed for p in parts.values())
+    data: dict[str, _Any] = {"passed": passed, "split": list(results)}
     data.update({key: result.to_dict() for key, result in results.items()})
+    markdown = split_parity_markdown(results, title)
+    if parts:
+        data["parts"] = {name: result.to_dict() for name, result in parts.items()}
+        head, sep, rest = markdown.partition("\n\n#")  # the parts' tables right after the summary table
+        tables = part_parity_markdown(parts)
+        markdown = f"{head}\n\n{tables}\n#{rest}" if sep else f"{markdown}\n{tables}"
     json_path = write_json(folder / PARITY_JSON, data)
-    md_path = write_text(folder / PARITY_MD, split_parity_markdown(results, title))
+    md_path = write_text(folder / PARITY_MD, markdown)
     return json_path, md_path
+
+
+# =====================================================================================================
+# Parts of a split component (a full-size denoiser run as a chain of files): each part on its own.
+# =====================================================================================================
+#
+# The component-level figures above already measure the chain (every part, errors compounding).
+# Per part, every runner is fed the REFERENCE runner's intermediate tensors (the reference parts run
+# in sequence), so each figure isolates that part's error, as a component's figure isolates the
+# component's. Only one part's runners are open at a time, so the peak is about one part per runner.
+
+PartFn = _Callable[[_Mapping[str, np.ndarray]], _Mapping[str, np.ndarray]]
+
+
+@_dataclasses.dataclass
+class PartParityResult:
+    """Per-part figures of one split component: ``parts[i]["comparisons"][label]`` (pooled over
+    every item and output tensor), ``parts[i]["seconds"][runner]`` (wall time of that runner's runs)."""
+
+    component: str
+    parts: list[dict[str, _Any]]
+    failures: list[str]
+    meta: dict[str, _Any] = _dataclasses.field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, _Any]:
+        return {"component": self.component, "passed": self.passed, "failures": self.failures, "parts": self.parts,
+                "meta": self.meta}
+
+
+def run_part_parity(
+    component: str,
+    parts: _Sequence[tuple[_Sequence[str], _Sequence[str]]],
+    open_part: _Callable[[int], _Mapping[str, PartFn]],
+    feeds: _Sequence[_Mapping[str, np.ndarray]],
+    *,
+    reference: str,
+    comparisons: _Mapping[str, tuple[str, str]],
+    thresholds: _Mapping[str, ParityThresholds | None] | None = None,
+    labels: _Sequence[str] | None = None,
+    meta: _Mapping[str, _Any] | None = None,
+) -> PartParityResult:
+    """Compare the runners of each part of ``component`` on the reference chain's tensors.
+
+    ``parts``: each part's (input names, output names), in order. ``open_part(i)``: runner name ->
+    callable (``{name: array} -> {name: array}``) for part ``i``, opened when that part is measured
+    and released after. ``feeds``: the component's inputs by name, one mapping per item (a tile).
+    ``comparisons``: label -> (reference runner, tested runner), e.g. ``{"backend": ("cpu", "htp")}``;
+    each is pooled over the part's output tensors and the items, and checked against
+    ``thresholds[label].min_psnr_component``. Every runner's wall time per part is recorded.
+    """
+    if not feeds:
+        raise ValueError(f"part parity of {component!r} needs at least one input")
+    labels = list(labels or [f"item{i}" for i in range(len(feeds))])
+    values = [dict(feed) for feed in feeds]
+    rows, failures = [], []
+    for index, (inputs, outputs) in enumerate(parts):
+        runners = dict(open_part(index))
+        missing = {reference, *(n for pair in comparisons.values() for n in pair)} - set(runners)
+        if missing:
+            raise ValueError(f"part {index} of {component!r} has no runner {sorted(missing)}; it has {sorted(runners)}")
+        pools = {label: _Pool() for label in comparisons}
+        seconds = {name: 0.0 for name in runners}
+        for item, label in zip(values, labels):
+            absent = [n for n in inputs if n not in item]
+            if absent:
+                raise ValueError(f"part {index} of {component!r} reads {absent[0]!r}, which no earlier part wrote")
+            feed = {n: item[n] for n in inputs}
+            outs = {}
+            for name, fn in runners.items():
+                start = _time.perf_counter()
+                result = fn(feed)
+                seconds[name] += _time.perf_counter() - start
+                outs[name] = {n: np.asarray(result[n], dtype=np.float32) for n in outputs}
+            for key, (ref_name, test_name) in comparisons.items():
+                for tensor in outputs:
+                    pools[key].add(outs[ref_name][tensor], outs[test_name][tensor], f"{label}:{tensor}")
+            item.update(outs[reference])  # the next part reads the reference chain's tensors
+        del runners
+        figures = {key: {k: v for k, v in pool.summary().items()} for key, pool in pools.items()}
+        for key, figure in figures.items():
+            bar = (thresholds or {}).get(key)
+            if bar is not None and bar.min_psnr_component is not None and not figure["psnr_db"] >= bar.min_psnr_component:
+                failures.append(f"{component} part {index} {key}: PSNR {figure['psnr_db']:.2f} dB < "
+                                f"{bar.min_psnr_component} dB")
+        rows.append({"index": index, "inputs": list(inputs), "outputs": list(outputs), "items": len(values),
+                     "comparisons": figures, "seconds": seconds,
+                     "seconds_per_run": {k: v / len(values) for k, v in seconds.items()}})
+    info = {"reference": reference, "comparisons": {k: list(v) for k, v in comparisons.items()},
+            "items": labels, "fed": f"each part gets the {reference} parts' intermediate tensors"}
+    info.update(dict(meta or {}))
+    return PartParityResult(component, rows, failures, info)
+
+
+def part_parity_markdown(results: _Mapping[str, PartParityResult]) -> str:
+    """One table per split component: each part's figures and each runner's seconds per run."""
+    lines = []
+    for name, result in results.items():
+        if not result.parts:
+            continue
+        keys = list(result.parts[0]["comparisons"])
+        runners = list(result.parts[0]["seconds"])
+        lines += [f"## Parts of {name} (each fed the {result.meta.get('reference')} parts' intermediate tensors)", "",
+                  "| part | outputs | " + " | ".join(f"{k} PSNR (dB)" for k in keys) + " | "
+                  + " | ".join(f"{r} s/run" for r in runners) + " |",
+                  "|" + "---|" * (2 + len(keys) + len(runners))]
+        for row in result.parts:
+            cells = [_fmt(row["comparisons"][k]["psnr_db"]) for k in keys]
+            cells += [_fmt(row["seconds_per_run"][r], 3) for r in runners]
+            lines.append(f"| {row['index']} | {len(row['outputs'])} | " + " | ".join(cells) + " |")
+        lines += ["", f"Items: {', '.join(result.meta.get('items', []))}."]
+        if result.failures:
+            lines += [""] + [f"- FAIL: {f}" for f in result.failures]
+        lines.append("")
+    return "\n".join(lines)

@@ -117,4 +117,19 @@ class ManifestTest {
         String expected = new String(Files.readAllBytes(fixture.resolve("sha256.txt")), StandardCharsets.UTF_8).trim();
         assertEquals(expected, Manifest.sha256(fixture.resolve("model.mlpackage")));
     }
+
+    @Test
+    void aManifestWhoseComponentsCarryPartsStillReads() throws IOException {
+        // A QNN export lists a split component's files under "parts" (runtime_py/manifest.py); this
+        // reader takes the keys it knows and must not be upset by that one.
+        String parts = ", \"parts\": [{\"index\": 0, \"file\": \"denoiser.pte\", \"inputs\": [{\"name\": \"latent\"}], "
+                + "\"outputs\": [{\"name\": \"out\"}], \"sha256\": \"00\", \"bytes\": 3, \"context_files\": {}}]}";
+        Path folder = artifacts(s -> s.replace("\"extra\": {\"delegate\": \"xnnpack\"}}",
+                "\"extra\": {\"delegate\": \"xnnpack\"}" + parts), true);
+        assertTrue(new String(Files.readAllBytes(folder.resolve("manifest.json")), StandardCharsets.UTF_8)
+                .contains("\"parts\""));
+        Manifest m = Manifest.read(folder, true);
+        assertEquals(3, m.components.size());
+        m.checkTileComponents();
+    }
 }
