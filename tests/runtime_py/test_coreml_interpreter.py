@@ -193,25 +193,20 @@ def test_op_matches_torch(case, fp16: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported_packages(tmp_path_factory) -> dict[str, list]:
-    """Real Core ML packages of the tiny model's tile components: the exporter's fp16 packages, and
-    the same packages 4-bit palettized by the exporter's compression step (``compress_mlmodel``,
-    what the ``coreml-w4`` target applies after conversion; done on the saved packages to convert once)."""
-    from export.flow import ExportSettings, export_target
+def exported_packages(tiny_coreml_export, tmp_path_factory) -> dict[str, list]:
+    """Real Core ML packages of the tiny model's tile components: the exporter's fp16 packages (the
+    session's ``coreml-fp16`` export, tests/conftest.py), and the same packages 4-bit palettized by
+    the exporter's compression step (``compress_mlmodel``, what the ``coreml-w4`` target applies
+    after conversion; done on the saved packages to convert once)."""
     from quantize.coreml import compress_mlmodel
-    from runtime_py.checkpoints import weights_sha256
-    from runtime_py.components import TILE_COMPONENTS, tile_components
+    from runtime_py.components import TILE_COMPONENTS
     from runtime_py.manifest import read_manifest
-    from runtime_py.model import build_model
 
-    model = build_model("tiny", seed=0)
+    fp16_folder = tiny_coreml_export.folder
     root = tmp_path_factory.mktemp("coreml-packages")
-    export_target("coreml-fp16", tile_components(model), root / "fp16", skip=("verify",),
-                  settings=ExportSettings(components=tuple(TILE_COMPONENTS)),
-                  weights_sha256=weights_sha256(model), log=lambda *_: None)
-    manifest = read_manifest(root / "fp16")
+    manifest = read_manifest(fp16_folder)
     assert set(manifest.components) == set(TILE_COMPONENTS)
-    fp16 = [root / "fp16" / c["file"] for entry in manifest.components.values()
+    fp16 = [fp16_folder / c["file"] for entry in manifest.components.values()
             for c in (entry.extra.get("chunks") or [{"file": entry.file}])]
     palettized = []
     for package in fp16:
