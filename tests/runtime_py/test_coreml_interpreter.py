@@ -317,23 +317,22 @@ def test_wrong_input_shape_is_refused() -> None:
         from_mil_program(program)(np.ones((3, 2), np.float32))
 
 
-def test_converted_tiny_encoder_matches_torch(tmp_path) -> None:
+def test_converted_tiny_encoder_matches_torch(tiny_coreml_export) -> None:
     """A real converted component (fp16 ML program, saved and read back) executed by the interpreter.
 
+    The package is the session's ``coreml-fp16`` export of the tiny model (tests/conftest.py:
+    ``export_graph`` with the ANE layout, then ``convert_exported``, as the exporter does).
     >= 40 dB is the issue's bar for fp16 packages (Apple's converter bar is 35 dB).
     """
-    from export.coreml_lowering import convert_exported, export_graph
     from runtime_py.components import tile_components
+    from runtime_py.manifest import read_manifest
     from runtime_py.model import build_model
 
     component = tile_components(build_model("tiny", seed=0))["encoder"]
     inputs = component.example_inputs(seed=1)
-    program = export_graph(component, inputs, ane_layout=True)
-    spec = component.input_specs()[0]
-    mlmodel = convert_exported(program, [spec.name], [spec.shape], ["latent"])
-    path = tmp_path / "encoder.mlpackage"
-    mlmodel.save(str(path))
-    interpreted = load_mlpackage(path)
+    entry = read_manifest(tiny_coreml_export.folder).components["encoder"]
+    assert not entry.extra.get("chunks")  # one package: the whole encoder
+    interpreted = load_mlpackage(tiny_coreml_export.folder / entry.file)
     assert interpreted.inputs[0].dtype == "fp16"  # the program really computes in fp16
     out = interpreted(inputs[0].numpy())
     with torch.no_grad():
