@@ -34,8 +34,9 @@ def tiny_executorch_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ExecuTorch XNNPACK fp32 artifacts (encoder, denoiser, decoder) of the ``tiny`` benchmark model.
 
     Exported once per session (the slowest shared set-up: minutes on a loaded 2-core machine) and
-    read-only for the tests that use it: the benchmark run reuses it as ``--reuse-artifacts ROOT``
-    and the parity CLI reads ``ROOT/executorch-xnnpack-fp32``. Tests that need a changed copy copy it.
+    read-only for the tests that use it: the benchmark run reuses it as ``--reuse-artifacts ROOT``,
+    the parity CLI reads ``ROOT/executorch-xnnpack-fp32``, and test_to_executorch_e2e.py checks
+    per-component parity and a whole-image render on it. Tests that need a changed copy copy it.
     """
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed")
     from benchmarks.artifacts import export_for_benchmark
