@@ -1,9 +1,10 @@
 """The three tile components through ExecuTorch/XNNPACK fp32: per-component parity >= 60 dB on
 real tiles, and the whole-image pipeline renders the same photo through ExecuTorch and torch.
 
-The model is the tiny configuration with one layer per block: the same topology (four levels,
-focus attention in the up blocks) with fewer repeated layers, because ExecuTorch's lowering time
-grows with the number of graph nodes and this file must stay short.
+The artifacts are the session's tiny ExecuTorch export (``tests/conftest.py``,
+``tiny_executorch_artifacts``: the ``tiny`` benchmark model, all three tile components), shared
+with the parity CLI and benchmark tests: lowering the denoiser is the slowest ExecuTorch step, so
+the suite does it once. The torch reference is the same model (``benchmarks.artifacts.benchmark_model``).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from runtime_py.parity import ParityThresholds, psnr, run_parity
 from runtime_py.pipeline import render_image
 from runtime_py.samples import scene_samples
 
-CONFIG = get_config("tiny").replace(name="tiny-1layer", layers_per_block=1)
-
-# Lowering the denoiser (~2,700 graph nodes even at this size) is the slowest step of the suite
-# (about 2 minutes on two lightly loaded cores); it is the suite's only check that all three tile
-# components reach 60 dB through ExecuTorch, so it runs in CI.
+CONFIG = get_config("tiny")
+#: The folder of the session export under its root (tests/conftest.py's TINY_EXECUTORCH_TARGET).
+TINY_EXECUTORCH_TARGET = "executorch-xnnpack-fp32"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = build_model(CONFIG, seed=0)
-    components = tile_components(model)
-    folder = tmp_path_factory.mktemp("et") / "fp32"
-    export_target("executorch-xnnpack-fp32", components, folder, skip=("verify",), weights_sha256="11" * 32,
-                  log=lambda _m: None)
-    return components, get_backend("executorch").load(folder, config=CONFIG)
+def exported(tiny_executorch_artifacts):
+    """(torch components of the exported model, the ExecuTorch backend on the session's export)."""
+    from benchmarks.artifacts import benchmark_model
+    from runtime_py.checkpoints import weights_sha256
+
+    model, _label = benchmark_model(CONFIG.name)
+    folder = tiny_executorch_artifacts / TINY_EXECUTORCH_TARGET
+    # The weights check makes sure the reference is the model the artifacts were exported from.
+    tested = get_backend("executorch").load(folder, config=CONFIG, weights_sha256=weights_sha256(model))
+    return tile_components(model), tested
 
 
 def test_fp32_parity_per_component_and_end_to_end(exported):

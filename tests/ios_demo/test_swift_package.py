@@ -111,6 +111,11 @@ def test_swift_run_ran_exactly_the_listed_cases(swift_test_run: tuple[dict[str, 
         f"listed but not run: {sorted(set(SWIFT_CASES) - set(results))}")
 
 
+# The command-line tests depend on swift_build, whose ``swift build --build-tests`` built every
+# product, magicbokeh-cli included; ``swift run --skip-build`` runs that binary without SwiftPM
+# planning and checking the whole package again on each of the five calls.
+
+
 @pytest.fixture(scope="module")
 def unseen_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A golden of the default model on a synthetic street scene (not a Swift test input):
@@ -138,7 +143,7 @@ def test_cli_replay_matches_the_reference_on_an_unseen_photo(swift_build: None, 
     from runtime_py.golden import read_golden
 
     out = tmp_path / "replay.png"
-    done = run([SWIFT, "run", "magicbokeh-cli", "--replay", str(unseen_golden), "--out", str(out)])
+    done = run([SWIFT, "run", "--skip-build", "magicbokeh-cli", "--replay", str(unseen_golden), "--out", str(out)])
     assert done.returncode == 0, done.stdout + done.stderr
     index, arrays = read_golden(unseen_golden)
     with Image.open(out) as png:  # PIL checks the chunk CRCs and the zlib stream
@@ -166,7 +171,7 @@ def test_cli_bad_input_is_a_one_line_error(swift_build: None, swift_fixtures: di
                                            arguments: list[str], message: str) -> None:
     golden = Path(swift_fixtures["MAGICBOKEH_GOLDENS"]) / "tiny_point_k1"
     arguments = [str(golden) if a == "GOLDEN" else a for a in arguments]
-    done = run([SWIFT, "run", "magicbokeh-cli", *arguments])
+    done = run([SWIFT, "run", "--skip-build", "magicbokeh-cli", *arguments])
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr

@@ -193,25 +193,20 @@ def test_op_matches_torch(case, fp16: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported_packages(tmp_path_factory) -> dict[str, list]:
-    """Real Core ML packages of the tiny model's tile components: the exporter's fp16 packages, and
-    the same packages 4-bit palettized by the exporter's compression step (``compress_mlmodel``,
-    what the ``coreml-w4`` target applies after conversion; done on the saved packages to convert once)."""
-    from export.flow import ExportSettings, export_target
+def exported_packages(tiny_coreml_export, tmp_path_factory) -> dict[str, list]:
+    """Real Core ML packages of the tiny model's tile components: the exporter's fp16 packages (the
+    session's ``coreml-fp16`` export, tests/conftest.py), and the same packages 4-bit palettized by
+    the exporter's compression step (``compress_mlmodel``, what the ``coreml-w4`` target applies
+    after conversion; done on the saved packages to convert once)."""
     from quantize.coreml import compress_mlmodel
-    from runtime_py.checkpoints import weights_sha256
-    from runtime_py.components import TILE_COMPONENTS, tile_components
+    from runtime_py.components import TILE_COMPONENTS
     from runtime_py.manifest import read_manifest
-    from runtime_py.model import build_model
 
-    model = build_model("tiny", seed=0)
+    fp16_folder = tiny_coreml_export.folder
     root = tmp_path_factory.mktemp("coreml-packages")
-    export_target("coreml-fp16", tile_components(model), root / "fp16", skip=("verify",),
-                  settings=ExportSettings(components=tuple(TILE_COMPONENTS)),
-                  weights_sha256=weights_sha256(model), log=lambda *_: None)
-    manifest = read_manifest(root / "fp16")
+    manifest = read_manifest(fp16_folder)
     assert set(manifest.components) == set(TILE_COMPONENTS)
-    fp16 = [root / "fp16" / c["file"] for entry in manifest.components.values()
+    fp16 = [fp16_folder / c["file"] for entry in manifest.components.values()
             for c in (entry.extra.get("chunks") or [{"file": entry.file}])]
     palettized = []
     for package in fp16:
@@ -322,23 +317,22 @@ def test_wrong_input_shape_is_refused() -> None:
         from_mil_program(program)(np.ones((3, 2), np.float32))
 
 
-def test_converted_tiny_encoder_matches_torch(tmp_path) -> None:
+def test_converted_tiny_encoder_matches_torch(tiny_coreml_export) -> None:
     """A real converted component (fp16 ML program, saved and read back) executed by the interpreter.
 
+    The package is the session's ``coreml-fp16`` export of the tiny model (tests/conftest.py:
+    ``export_graph`` with the ANE layout, then ``convert_exported``, as the exporter does).
     >= 40 dB is the issue's bar for fp16 packages (Apple's converter bar is 35 dB).
     """
-    from export.coreml_lowering import convert_exported, export_graph
     from runtime_py.components import tile_components
+    from runtime_py.manifest import read_manifest
     from runtime_py.model import build_model
 
     component = tile_components(build_model("tiny", seed=0))["encoder"]
     inputs = component.example_inputs(seed=1)
-    program = export_graph(component, inputs, ane_layout=True)
-    spec = component.input_specs()[0]
-    mlmodel = convert_exported(program, [spec.name], [spec.shape], ["latent"])
-    path = tmp_path / "encoder.mlpackage"
-    mlmodel.save(str(path))
-    interpreted = load_mlpackage(path)
+    entry = read_manifest(tiny_coreml_export.folder).components["encoder"]
+    assert not entry.extra.get("chunks")  # one package: the whole encoder
+    interpreted = load_mlpackage(tiny_coreml_export.folder / entry.file)
     assert interpreted.inputs[0].dtype == "fp16"  # the program really computes in fp16
     out = interpreted(inputs[0].numpy())
     with torch.no_grad():
