@@ -232,7 +232,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            _recipe("xnnpack-int8-mixed", "w8a8-mixed", "executorch", "xnnpack", "xnnpack-int8",
                    "PT2E int8 with the layer groups that measured sensitivity (quantize/sensitivity.py, XNNPACK "
                    "fake-quant on the calibration tiles) marks left fp32, XNNPACK delegate"),
-           verify=_ET_VERIFY),
+           verify=_ET_VERIFY, main_job=("--calibration-scenes", "2", "--calibration-tiles", "4", "--parity-scenes", "1")),
     Target("executorch-coreml-fp16", "executorch",
            _recipe("coreml-fp16", "fp16", "executorch", "coreml", "coreml",
                    "Core ML delegate, ML program, fp16, iOS 17 (runs on Apple OSes only)"),

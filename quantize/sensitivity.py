@@ -320,11 +320,12 @@ def onnx_owner(node_name: str) -> str:
 
 def qnn_simulator(component: nn.Module, calibration: Sequence[tuple[torch.Tensor, ...]],
                   evaluation: Sequence[tuple[torch.Tensor, ...]], activation_bits: int = 8,
-                  workdir: Path | None = None) -> Simulator:
+                  workdir: Path | None = None, onnx_path: Path | None = None) -> Simulator:
     """QDQ (onnxruntime's QNN configuration: uint8 per-channel weights, 8/16-bit activations) of
     the group's ONNX nodes, run by onnxruntime's CPU EP. The graph is the plain TorchScript ONNX
     export of the component (the exporter's HTP rewrites live in ``export/`` and change op forms,
-    not which module owns them)."""
+    not which module owns them); ``onnx_path``: score that fp32 graph instead (e.g. the exporter's
+    rewritten one), whose node names keep the TorchScript scopes."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
@@ -334,11 +335,14 @@ def qnn_simulator(component: nn.Module, calibration: Sequence[tuple[torch.Tensor
 
     folder = Path(workdir or tempfile.mkdtemp(prefix="sensitivity-qnn-"))
     folder.mkdir(parents=True, exist_ok=True)
-    fp32 = folder / "fp32.onnx"
-    names = [f"input_{i}" for i in range(len(calibration[0]))]
-    torch.onnx.export(component, tuple(calibration[0]), str(fp32), dynamo=False, opset_version=17,
-                      input_names=names, output_names=["output"])
+    if onnx_path is None:
+        fp32 = folder / "fp32.onnx"
+        torch.onnx.export(component, tuple(calibration[0]), str(fp32), dynamo=False, opset_version=17,
+                          input_names=[f"input_{i}" for i in range(len(calibration[0]))], output_names=["output"])
+    else:
+        fp32 = Path(onnx_path)
     model = onnx.load(str(fp32), load_external_data=False)
+    names = [i.name for i in model.graph.input]
     nodes = [(n.name, onnx_owner(n.name)) for n in model.graph.node]
     del model
     activation = {8: QuantType.QUInt8, 16: QuantType.QUInt16}[activation_bits]
@@ -453,6 +457,7 @@ def analyse(
     level: int = 1,
     settings: Mapping[str, Any] | None = None,
     program: torch.export.ExportedProgram | None = None,
+    onnx_path: Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> tuple[SensitivityReport, GroupPlan]:
@@ -461,7 +466,8 @@ def analyse(
     ``calibration``: real input tuples (activation ranges); ``evaluation``: where the output is
     scored (default: the calibration tuples). ``settings``: ``activation_bits`` (qnn: 8 or 16),
     ``method``/``bits`` (coreml: palettize 4 by default, or linear 8). ``program``: an exported
-    program of the component to quantize (xnnpack), e.g. the exporter's prepared graph.
+    program of the component to quantize (xnnpack), e.g. the exporter's prepared graph;
+    ``onnx_path``: likewise the fp32 ONNX graph for qnn.
     """
     if backend not in BACKENDS:
         raise SensitivityError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -479,7 +485,7 @@ def analyse(
     elif backend == "qnn":
         settings.setdefault("activation_bits", 8)
         settings.setdefault("scheme", f"QDQ uint8 weights per channel, {settings['activation_bits']}-bit activations")
-        simulate = qnn_simulator(component, cal, ev, int(settings["activation_bits"]))
+        simulate = qnn_simulator(component, cal, ev, int(settings["activation_bits"]), onnx_path=onnx_path)
     else:
         settings.setdefault("method", "palettize")
         settings.setdefault("bits", 4 if settings["method"] == "palettize" else 8)

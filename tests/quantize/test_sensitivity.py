@@ -131,3 +131,16 @@ def test_mixed_recipe_round_trips_with_its_label():
     assert QuantRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     with pytest.raises(ValueError, match="quantizes and calibrates"):
         QuantRecipe("bad", mixed_psnr_floor_db=30.0)
+
+
+def test_mixed_targets_round_trip_through_the_registry_and_a_manifest_recipe():
+    from export.targets import TARGETS, Target, check_registry, target_for
+
+    assert check_registry() == []
+    for family, recipe, name in (("executorch", "xnnpack-int8-mixed", "executorch-xnnpack-int8-mixed"),
+                                 ("qnn", "w8a8-mixed", "qnn-w8a8-mixed")):
+        target = target_for(family, recipe)
+        assert target.name == name and target.precision == "w8a8-mixed" and "quantize" in target.steps
+        data = json.loads(json.dumps(target.to_dict()))  # what the manifest's "recipe" records
+        assert Target.from_dict(data) == TARGETS[name]
+        assert data["recipe"]["quantization"]["mixed_psnr_floor_db"] == get_recipe("w8a8-mixed").mixed_psnr_floor_db
