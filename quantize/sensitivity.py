@@ -162,16 +162,6 @@ def layer_groups(component: nn.Module, example: Sequence[torch.Tensor], level: i
     return GroupPlan(groups, frozenset(processors))
 
 
-def group_parameters(component: nn.Module, plan: GroupPlan, group: str, min_elements: int = 0) -> list[str]:
-    """The weight parameters (``<module>.weight``) of Conv/Linear layers owned by ``group``."""
-    out = []
-    for name, module in component.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) and plan.owner_group(name) == group:
-            if module.weight.numel() > min_elements:
-                out.append(f"{name}.weight")
-    return out
-
-
 # -- shared scoring -------------------------------------------------------------------------------
 
 def output_psnr(reference: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> float:
@@ -236,19 +226,6 @@ def xnnpack_int8_config(per_channel: bool = True) -> Any:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
     return get_symmetric_quantization_config(is_per_channel=per_channel)
-
-
-def xnnpack_quantize(program: torch.export.ExportedProgram, calibration: Sequence[tuple[torch.Tensor, ...]],
-                     quantize_owner: Callable[[str], bool], per_channel: bool = True) -> torch.fx.GraphModule:
-    """PT2E int8 (XNNPACK's quantizer) of the nodes ``quantize_owner`` accepts; the rest stays fp32."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    module = copy.deepcopy(program.module())
-    prepared = prepare_pt2e(module, _group_quantizer(xnnpack_int8_config(per_channel), quantize_owner))
-    with torch.no_grad():
-        for batch in calibration:
-            prepared(*batch)
-    return convert_pt2e(prepared)
 
 
 _QUANTIZE_OPS = ("quantize_per_tensor", "quantize_per_channel")
@@ -382,7 +359,7 @@ def coreml_simulated_weight(weight: np.ndarray, method: str, bits: int) -> np.nd
     raise SensitivityError(f"Core ML weight method must be 'palettize' or 'linear', got {method!r}")
 
 
-def coreml_simulator(component: nn.Module, plan: GroupPlan, evaluation: Sequence[tuple[torch.Tensor, ...]],
+def coreml_simulator(component: nn.Module, evaluation: Sequence[tuple[torch.Tensor, ...]],
                      method: str = "palettize", bits: int = 4, weight_threshold: int | None = None) -> Simulator:
     """Core ML weight compression of the group's weights (larger than ``weight_threshold``), run in torch."""
     from .coreml import WEIGHT_THRESHOLD
@@ -489,7 +466,7 @@ def analyse(
     else:
         settings.setdefault("method", "palettize")
         settings.setdefault("bits", 4 if settings["method"] == "palettize" else 8)
-        simulate = coreml_simulator(component, plan, ev, settings["method"], int(settings["bits"]))
+        simulate = coreml_simulator(component, ev, settings["method"], int(settings["bits"]))
     reference = run_torch(component, ev)
     scores = []
     groups = plan.groups
