@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -153,6 +153,7 @@ class LoweredComponent:
     delegation: dict[str, int] = field(default_factory=dict)
     calibration_batches: int = 0
     rewrites: tuple[str, ...] = ()
+    mixed: dict[str, Any] | None = None  # a mixed recipe's per-group choice (kept fp32) and its sensitivity
 
 
 def lower_component(
@@ -161,6 +162,7 @@ def lower_component(
     *,
     calibration_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
     options: Options | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LoweredComponent:
     """Export, (quantize,) and lower one component for ``target`` (an ``export.targets.Target``); times each stage."""
     options = (options or Options()).validate()
@@ -180,22 +182,25 @@ def lower_component(
     program = export_component(component, target=lowering.graph, focus=options.focus, rewrites=options.rewrites)
     seconds["export"] = time.perf_counter() - start
     batches = 0
+    mixed = None
     if quantization.quantized:
         from quantize.recipes import QuantizationError
         from quantize.xnnpack import quantize_program
 
         try:
-            quantized = quantize_program(program, calibration_inputs, recipe=quantization, name=component.name)
+            quantized = quantize_program(program, calibration_inputs, recipe=quantization, name=component.name,
+                                         component=component, log=log)
         except QuantizationError as exc:
             raise ExportError(str(exc)) from exc
         program, batches = quantized.program, quantized.calibration_batches
         seconds["quantize"] = quantized.seconds
+        mixed = quantized.mixed
     start = time.perf_counter()
     pte, delegation = lower_program(program, lowering.delegate, options, component.name)
     seconds["lower"] = time.perf_counter() - start
     impl = focus_implementation_for(lowering.graph, options.focus) if component.name == "denoiser" else None
     return LoweredComponent(component.name, pte, impl, seconds, delegation, batches,
-                            rewrites_for(lowering.graph, options.rewrites))
+                            rewrites_for(lowering.graph, options.rewrites), mixed)
 
 
 def lower(job: Any) -> Any:
@@ -209,7 +214,8 @@ def lower(job: Any) -> Any:
     for name in job.names:
         t0 = time.perf_counter()
         batches = job.calibration.torch_inputs(name) if job.calibration is not None else None
-        low = lower_component(job.components[name], target, calibration_inputs=batches, options=job.options)
+        low = lower_component(job.components[name], target, calibration_inputs=batches, options=job.options,
+                              log=job.log)
         file = f"{name}.pte"
         (job.folder / file).write_bytes(low.pte)
         entries[name] = ComponentEntry.from_component(
@@ -221,6 +227,7 @@ def lower(job: Any) -> Any:
             delegation=low.delegation,
             calibration_batches=low.calibration_batches,
             rewrites=list(low.rewrites),
+            **({"mixed_precision": low.mixed} if low.mixed else {}),
         )
         job.log(f"[lower] {name}: {len(low.pte) / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s"
                 + (f", {low.delegation.get('delegated_nodes')} delegated / {low.delegation.get('non_delegated_nodes')} "

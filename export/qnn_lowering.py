@@ -165,8 +165,15 @@ def lower(job: Any) -> Any:
                 batches = job.calibration.inputs[name]
                 job.log(f"[lower] {name}: quantizing {precision} on {len(batches)} real inputs "
                         f"({options.calibration} calibration)")
+                overrides = dict(options.overrides.get(name) or {})
+                if recipe.sensitivity_mixed:
+                    from quantize.qnn import mixed_overrides
+
+                    chosen, stage["mixed_precision"] = mixed_overrides(folder / fp32_file, job.components[name], batches,
+                                                                       recipe, name, log=job.log)
+                    overrides = chosen | overrides  # the user's per-tensor overrides win
                 quant = quantize_qdq(folder / fp32_file, folder / qdq_file, batches, component=name, recipe=recipe,
-                                     overrides=options.overrides.get(name), external_data=raw.external_data,
+                                     overrides=overrides or None, external_data=raw.external_data,
                                      calibration=options.calibration)
                 seconds["quantize"] = quant.seconds
                 stage["quantization"] = quant.to_dict() | {"path": qdq_file}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,7 +152,45 @@ def summarise(out: Path, targets: Sequence[PlannedExport], exports: dict[str, St
             "notes": "; ".join(x for x in (target.target.notes, _htp_note(parity)) if x),
         })
     torch_render = renders.get("torch")
-    return {"targets": rows, "reference_render": str(out / "renders" / "torch.png") if torch_render and torch_render.returncode == 0 else None}
+    return {"targets": rows, "recommended_quantized": recommend_quantized(targets, rows),
+            "reference_render": str(out / "renders" / "torch.png") if torch_render and torch_render.returncode == 0 else None}
+
+
+def _min_component_psnr(parity: dict[str, Any] | None) -> float | None:
+    comps = (_headline(parity) or {}).get("components") or {}
+    values = [e.get("psnr_db") for e in comps.values() if isinstance(e, dict) and isinstance(e.get("psnr_db"), (int, float))]
+    return min(values) if values else None
+
+
+def recommend_quantized(targets: Sequence[PlannedExport], rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per platform (family + delegate), the quantized target of this run to ship: the smallest one whose
+    measured parity meets its registry bar (``benchmark.min_psnr_tile_chain`` of export/numerics: end to
+    end, or every component when end to end was not measured); when none meets it, the closest, marked so."""
+    by_platform: dict[str, list[tuple[Target, dict[str, Any]]]] = {}
+    for planned, row in zip(targets, rows):
+        target = planned.target
+        if target.recipe.quantization.quantized and row["parity"] is not None:
+            platform = f"{target.family}-{target.recipe.lowering.delegate}"
+            by_platform.setdefault(platform, []).append((target, row))
+    out: dict[str, dict[str, Any]] = {}
+    for platform, candidates in by_platform.items():
+        scored = []
+        for target, row in candidates:
+            e2e = (_headline(row["parity"]) or {}).get("end_to_end") or {}
+            measured = e2e.get("psnr_db") if isinstance(e2e.get("psnr_db"), (int, float)) else _min_component_psnr(row["parity"])
+            bar = target.tile_chain_bar
+            size = sum(v for v in row["component_bytes"].values() if isinstance(v, int))
+            meets = measured is not None and (bar is None or measured >= bar)
+            scored.append((meets, target, measured, bar, size))
+        passing = [c for c in scored if c[0]]
+        meets, target, measured, bar, size = (min(passing, key=lambda c: (c[4], c[1].name)) if passing else
+                                              max(scored, key=lambda c: (c[2] if c[2] is not None else -math.inf)))
+        out[platform] = {"target": target.name, "recipe": target.recipe.name, "precision": target.precision,
+                         "psnr_db": measured, "bar_db": bar, "meets_bar": meets, "bytes": size,
+                         "candidates": [c[1].name for c in scored],
+                         "why": ("smallest quantized artifact meeting its bar" if meets else
+                                 "no quantized artifact met its bar: the closest one")}
+    return out
 
 
 def _headline(parity: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -222,6 +261,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"{_bars(row.get('thresholds'), row['parity'])} | "
             f"{'' if size is None else f'{size:.1f}'} | {row['render'] or 'not rendered'} | {row['notes']} |"
         )
+    recommended = summary.get("recommended_quantized") or {}
+    if recommended:
+        lines += ["", "## Recommended quantized recipe per platform", "",
+                  "| platform | target (--recipe) | measured PSNR (dB) | bar (dB) | size (MiB) | why | candidates |",
+                  "|---|---|---|---|---|---|---|"]
+        for platform, r in recommended.items():
+            psnr = "not measured" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+            lines.append(f"| {platform} | {r['target']} (`--recipe {r['recipe']}`) | {psnr} | {r['bar_db']} | "
+                         f"{r['bytes'] / 2**20:.1f} | {r['why']} | {', '.join(r['candidates'])} |")
     lines += ["", f"Reference render (fp32 torch): {summary['reference_render'] or 'not rendered'}", ""]
     return "\n".join(lines)
 

@@ -232,6 +232,11 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
                    "PT2E int8 (XNNPACKQuantizer, per-channel symmetric weights, activations calibrated on real "
                    "tiles), XNNPACK delegate"),
            verify=_ET_VERIFY, main_job=("--calibration-scenes", "2", "--calibration-tiles", "4", "--parity-scenes", "1")),
+    Target("executorch-xnnpack-int8-mixed", "executorch",
+           _recipe("xnnpack-int8-mixed", "w8a8-mixed", "executorch", "xnnpack", "xnnpack-int8",
+                   "PT2E int8 with the layer groups that measured sensitivity (quantize/sensitivity.py, XNNPACK "
+                   "fake-quant on the calibration tiles) marks left fp32, XNNPACK delegate"),
+           verify=_ET_VERIFY, main_job=("--calibration-scenes", "2", "--calibration-tiles", "4", "--parity-scenes", "1")),
     Target("executorch-coreml-fp16", "executorch",
            _recipe("coreml-fp16", "fp16", "executorch", "coreml", "coreml",
                    "Core ML delegate, ML program, fp16, iOS 17 (runs on Apple OSes only)"),
@@ -260,6 +265,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
                    "ONNX -> HTP rewrites -> QDQ W8A8 (the denoiser's x0 step 16-bit) -> HTP context binaries, "
                    "split into parts of < 400 MB context each where larger",
                    contexts=True, calibration="streaming", max_part_mb=QNN_MAX_PART_MB),
+           components=ALL_COMPONENTS, verify=_QNN_VERIFY),
+    Target("qnn-w8a8-mixed", "qnn-htp",
+           _recipe("w8a8-mixed", "w8a8-mixed", "qnn", "qnn-htp", "qnn",
+                   "ONNX -> HTP rewrites -> QDQ W8A8 with 16-bit activations in the layer groups that measured "
+                   "sensitivity (QDQ simulation on the calibration tiles) marks -> HTP context binaries",
+                   contexts=True),
            components=ALL_COMPONENTS, verify=_QNN_VERIFY),
     Target("onnx-fp32", "onnxruntime-fp32",
            _recipe("fp32", "fp32", "qnn", "onnx", "qnn",

@@ -167,37 +167,28 @@ def torch_layer_sensitivity(
 ) -> list[LayerSensitivity]:
     """Score each named parameter by running ``module`` (torch, fp32) with it alone palettized.
 
+    The per-parameter form of ``quantize.sensitivity``'s Core ML backend (same weight replacement,
+    same output PSNR); the mixed-bit planner needs each weight's k-means MSE at every bit choice too.
+
     ``inputs``: real samples (tuples of arrays in the module's argument order). The output PSNR is
     the lowest over samples. ``measured_bits`` defaults to the fewest bits in ``choices``.
     """
-    import torch
-
-    from runtime_py.parity import psnr
+    from .sensitivity import _torch_samples, output_psnr, replaced_weights, run_torch
 
     if not inputs:
         raise CompressionError("mixed-bit selection needs at least one input sample to measure sensitivity")
     measured_bits = min(choices) if measured_bits is None else measured_bits
-    samples = [tuple(torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in sample) for sample in inputs]
-    with torch.no_grad():
-        baselines = [module(*s).float().numpy() for s in samples]
+    samples = _torch_samples(inputs)
+    baselines = run_torch(module, samples)
     results = []
     started = time.perf_counter()
     for index, name in enumerate(parameter_names):
-        param = module.get_parameter(name)
-        original = param.detach().clone()
-        w16 = original.numpy().astype(np.float16)
-        dense = {}
-        for bits in sorted(set(choices) | {measured_bits}):
-            dense[bits] = kmeans_palettized(w16, bits)
+        w16 = module.get_parameter(name).detach().numpy().astype(np.float16)
+        dense = {bits: kmeans_palettized(w16, bits) for bits in sorted(set(choices) | {measured_bits})}
         mse = {b: float(np.mean((d.astype(np.float32) - w16.astype(np.float32)) ** 2)) for b, d in dense.items()}
-        try:
-            with torch.no_grad():
-                param.copy_(torch.from_numpy(dense[measured_bits].astype(np.float32)))
-                scores = [psnr(base, module(*s).float().numpy()) for base, s in zip(baselines, samples)]
-        finally:
-            with torch.no_grad():
-                param.copy_(original)
-        results.append(LayerSensitivity(name, int(original.numel()), float(min(scores)), mse, measured_bits))
+        with replaced_weights(module, {name: dense[measured_bits]}):
+            score = output_psnr(baselines, run_torch(module, samples))
+        results.append(LayerSensitivity(name, int(w16.size), score, mse, measured_bits))
         if log and ((index + 1) % 25 == 0 or index + 1 == len(parameter_names)):
             log(f"    sensitivity {index + 1}/{len(parameter_names)} ({time.perf_counter() - started:.0f} s)")
     return results

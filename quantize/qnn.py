@@ -302,3 +302,30 @@ def calibrate_whole_graph(
         raise QuantizationError(f"calibrating component {component!r} with recipe {recipe.name!r} failed: "
                                 f"{type(exc).__name__}: {exc}") from exc
     return WholeGraphCalibration(ranges, merged)
+
+
+def mixed_overrides(model_path: Path | str, component: Any, samples: Sequence[Sequence[np.ndarray]], recipe: QuantRecipe,
+                    name: str, sensitivity_samples: int = 1, log: Any = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """A sensitivity-driven mixed W8A8 recipe's 16-bit overrides for ``model_path`` (fp32 ONNX of ``component``).
+
+    Each layer group is scored with the QDQ simulation at the recipe's activation bits on the first
+    ``sensitivity_samples`` calibration samples (``quantize.sensitivity``); the groups
+    :func:`~quantize.sensitivity.plan_mixed` keeps get 16-bit activations on every output of their nodes.
+    """
+    from onnxruntime.quantization import QuantType
+
+    from .sensitivity import analyse, onnx_owner, plan_mixed
+
+    batches = list(samples)[: max(1, sensitivity_samples)]
+    report, plan = analyse("qnn", component, batches, name=name, onnx_path=Path(model_path),
+                           settings={"activation_bits": recipe.activation_bits})
+    choice = plan_mixed(report, cheap_fraction=recipe.mixed_cheap_fraction, psnr_floor_db=recipe.mixed_psnr_floor_db)
+    keep = plan.predicate(choice.kept)
+    model = onnx.load(str(model_path), load_external_data=False)
+    overrides = {out: [{"quant_type": QuantType.QUInt16}] for node in model.graph.node
+                 if keep(onnx_owner(node.name)) for out in node.output if out}
+    if log:
+        log(f"[lower] {name}: uniform W8A{recipe.activation_bits} simulated {report.uniform_psnr_db:.2f} dB; 16-bit "
+            f"activations in {choice.kept or 'no group'} ({len(overrides)} tensors, predicted {choice.predicted_psnr_db:.2f} dB)")
+    return overrides, {"kept_16bit_activations": choice.kept, "choice": choice.to_dict(), "sensitivity": report.to_dict(),
+                       "overridden_tensors": len(overrides)}

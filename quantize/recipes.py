@@ -95,6 +95,11 @@ class QuantRecipe(Versioned):
 
     ``weight_bits``/``activation_bits`` None mean float (in ``float_dtype``). ``keep_float`` lists
     module-name fragments a backend should leave unquantized (sensitive layers).
+    ``mixed_cheap_fraction`` / ``mixed_psnr_floor_db``: a sensitivity-driven mixed recipe's budget
+    (``quantize.sensitivity.plan_mixed``): the exporter measures each layer group on the calibration
+    tiles with the backend's own simulation and keeps the most sensitive groups in the backend's
+    higher precision (XNNPACK: fp32; QNN: 16-bit activations) until the predicted component PSNR
+    reaches the floor, with at least the fraction of parameters left in the recipe's format.
     """
 
     VERSION: ClassVar[int] = 1
@@ -109,10 +114,21 @@ class QuantRecipe(Versioned):
     calibration: CalibrationSpec | None = None
     keep_float: tuple[str, ...] = ()
     notes: str = ""
+    mixed_cheap_fraction: float | None = None
+    mixed_psnr_floor_db: float | None = None
 
     def __post_init__(self) -> None:
         if self.weight_method not in WEIGHT_METHODS:
             raise ValueError(f"recipe {self.name!r}: weight_method must be one of {WEIGHT_METHODS}")
+        if self.mixed_cheap_fraction is not None and not 0.0 <= self.mixed_cheap_fraction <= 1.0:
+            raise ValueError(f"recipe {self.name!r}: mixed_cheap_fraction must lie in [0, 1]")
+        if self.sensitivity_mixed and not (self.quantized and self.calibration is not None):
+            raise ValueError(f"recipe {self.name!r}: a sensitivity-driven mixed recipe quantizes and calibrates")
+
+    @property
+    def sensitivity_mixed(self) -> bool:
+        """Whether the exporter picks per-group precision from measured sensitivity (a mixed budget is set)."""
+        return self.mixed_cheap_fraction is not None or self.mixed_psnr_floor_db is not None
 
     @property
     def quantized(self) -> bool:
@@ -131,7 +147,8 @@ class QuantRecipe(Versioned):
         if not self.quantized:
             return {"float32": "fp32", "float16": "fp16"}.get(self.float_dtype, self.float_dtype)
         w = f"w{self.weight_bits}" if self.weight_bits is not None else "wf"
-        return w if self.activation_bits is None else f"{w}a{self.activation_bits}"
+        label = w if self.activation_bits is None else f"{w}a{self.activation_bits}"
+        return f"{label}-mixed" if self.sensitivity_mixed else label
 
     def with_calibration(self, **changes: Any) -> "QuantRecipe":
         base = self.calibration or CalibrationSpec()
@@ -160,6 +177,11 @@ RECIPES: dict[str, QuantRecipe] = {r.name: r for r in (
                 notes="int8 weights (per output channel, symmetric) and int8 activations calibrated on real tiles"),
     QuantRecipe("w8a16", weight_bits=8, activation_bits=16, calibration=CalibrationSpec(),
                 notes="int8 weights, 16-bit activations (Qualcomm's usual choice for diffusion models)"),
+    QuantRecipe("w8a8-mixed", weight_bits=8, activation_bits=8, calibration=CalibrationSpec(),
+                mixed_psnr_floor_db=35.0, mixed_cheap_fraction=0.5,
+                notes="w8a8, except the layer groups whose measured sensitivity (the backend's own simulation on "
+                      "real tiles) would pull the component below 35 dB: those stay in the backend's higher "
+                      "precision (XNNPACK fp32, QNN 16-bit activations); at least half the parameters stay w8a8"),
     QuantRecipe("w8", float_dtype="float16", weight_bits=8, notes="weight-only int8 (per output channel), fp16 compute"),
     QuantRecipe("w6-palettized", float_dtype="float16", weight_bits=6, weight_method="palettize", per_channel=False,
                 symmetric=False, notes="6-bit look-up-table weights (k-means, one table per tensor), fp16 compute"),

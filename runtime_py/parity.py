@@ -99,6 +99,36 @@ def _pair(reference: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return reference, test
 
 
+#: Depth metrics' threshold on the ratio max(test / ref, ref / test) (the usual delta_1).
+DELTA1_THRESHOLD = 1.25
+
+
+def _depth_valid(reference: np.ndarray, test: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    reference, test = _pair(reference, test)
+    valid = reference > eps
+    return reference[valid], test[valid]
+
+
+def abs_rel(reference: np.ndarray, test: np.ndarray, eps: float = 1e-6) -> float:
+    """Mean absolute relative error ``mean(|test - ref| / ref)`` over pixels where ``ref > eps`` (NaN if none).
+
+    For depth or disparity maps; the reference is the fp32 model's output, not ground truth.
+    """
+    ref, tst = _depth_valid(reference, test, eps)
+    return math.nan if ref.size == 0 else float(np.mean(np.abs(tst - ref) / ref))
+
+
+def delta1(reference: np.ndarray, test: np.ndarray, threshold: float = DELTA1_THRESHOLD, eps: float = 1e-6) -> float:
+    """Fraction of pixels (``ref > eps``) with ``max(test / ref, ref / test) < threshold``; a
+    non-positive test value counts as a miss. NaN when no pixel is valid."""
+    ref, tst = _depth_valid(reference, test, eps)
+    if ref.size == 0:
+        return math.nan
+    positive = tst > 0
+    ratio = np.where(positive, np.maximum(tst / np.where(positive, ref, 1.0), ref / np.where(positive, tst, 1.0)), np.inf)
+    return float(np.mean(ratio < threshold))
+
+
 def compare(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
     """PSNR and max-abs of one tensor pair (the per-component figures)."""
     return {"psnr_db": psnr(reference, test), "max_abs": max_abs(reference, test)}
@@ -189,6 +219,31 @@ class _Pool:
             "rmse": rmse,
             "count": len(self.items),
         }
+
+
+class _DepthPool(_Pool):
+    """A pool that also gives AbsRel and delta_1 against the reference depth, pooled over every pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rel_sum = 0.0
+        self.hits = 0
+        self.valid = 0
+
+    def add(self, reference: np.ndarray, test: np.ndarray, label: str, **extra: _Any) -> dict[str, _Any]:
+        ref, tst = _depth_valid(reference, test, 1e-6)
+        if ref.size:
+            self.rel_sum += abs_rel(ref, tst) * ref.size
+            self.hits += int(round(delta1(ref, tst) * ref.size))
+            self.valid += ref.size
+        return super().add(reference, test, label, abs_rel=abs_rel(reference, test), delta1=delta1(reference, test),
+                           **extra)
+
+    def summary(self) -> dict[str, _Any]:
+        out = super().summary()
+        out["abs_rel"] = self.rel_sum / self.valid if self.valid else math.nan
+        out["delta1"] = self.hits / self.valid if self.valid else math.nan
+        return out
 
 
 # -- conditioning sensitivity -------------------------------------------------------------------------
@@ -390,7 +445,7 @@ def run_parity(
 
     say = print if progress else (lambda *a, **k: None)
     timings: dict[str, float] = {}
-    pools = {name: _Pool() for name in names}
+    pools = {name: (_DepthPool() if name == "depth" else _Pool()) for name in names}
     tile_names = [n for n in names if n in TILE_COMPONENTS]
     settings: dict[str, dict[str, dict[str, _Any]]] = {}
     alt_maps: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -517,6 +572,10 @@ def parity_markdown(result: ParityResult, title: str = "Parity report") -> str:
     for name, f in result.components.items():
         lines.append(f"| {name} | {_fmt(f['psnr_db'])} | {_fmt(f['psnr_db_worst'])} | {_fmt(f['max_abs'], 6)} | {f['count']} |")
     lines.append("")
+    if "abs_rel" in result.components.get("depth", {}):
+        d = result.components["depth"]
+        lines += [f"Depth against the fp32 depth: AbsRel {_fmt(d['abs_rel'], 5)}, delta_1 (< {DELTA1_THRESHOLD}) "
+                  f"{_fmt(d['delta1'], 5)} (pooled over every pixel).", ""]
     if result.end_to_end is not None:
         e = result.end_to_end
         b = e["before_colour_fix"]

@@ -90,3 +90,29 @@ def test_qnn_render_uses_a_one_tile_crop_with_matching_depth_and_mask(tmp_path: 
     assert image.shape == (64, 80, 3) and depth.shape == (64, 80) and np.array(Image.open(crop["mask"])).shape == (64, 80)
     np.testing.assert_array_equal(image, np.array(Image.open(photo["image"]))[-64:, :80])  # bottom-left
     assert crop_sample_photo(photo, tmp_path / "same", 512, 512) == photo  # already small enough: unchanged
+
+
+def _write_reports(folder: Path, mib: float, e2e_psnr: float) -> None:
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"components": {"denoiser": {"bytes": int(mib * 2**20)}}}))
+    (folder / "parity.json").write_text(json.dumps({"components": {"denoiser": {"psnr_db": e2e_psnr + 5}},
+                                                    "end_to_end": {"psnr_db": e2e_psnr, "ssim": 0.95}}))
+
+
+def test_summary_recommends_the_smallest_quantized_target_meeting_its_bar(tmp_path: Path) -> None:
+    targets = [t for t in default_targets(tmp_path, None)
+               if t.name in ("executorch-xnnpack-fp32", "executorch-xnnpack-int8", "executorch-xnnpack-int8-mixed")]
+    assert len(targets) == 3  # the mixed recipe is one of the main job's targets
+    bar = next(t for t in targets if t.name == "executorch-xnnpack-int8").target.tile_chain_bar
+    _write_reports(tmp_path / "executorch-xnnpack-fp32", 8.0, 80.0)
+    _write_reports(tmp_path / "executorch-xnnpack-int8", 2.0, bar - 3.0)  # smaller, but below the bar
+    _write_reports(tmp_path / "executorch-xnnpack-int8-mixed", 3.0, bar + 6.0)
+    steps = {t.name: StepResult(t.name, [], 0, 1.0, "log") for t in targets}
+    summary = summarise(tmp_path, targets, steps, {})
+    rec = summary["recommended_quantized"]["executorch-xnnpack"]
+    assert rec["target"] == "executorch-xnnpack-int8-mixed" and rec["meets_bar"] and rec["psnr_db"] == bar + 6.0
+    assert "executorch-xnnpack-fp32" not in rec["candidates"]  # float targets are not quantized recipes
+    assert "`--recipe xnnpack-int8-mixed`" in summary_markdown(summary)
+    (tmp_path / "executorch-xnnpack-int8" / "parity.json").write_text(json.dumps({"end_to_end": {"psnr_db": bar + 1}}))
+    assert summarise(tmp_path, targets, steps, {})["recommended_quantized"]["executorch-xnnpack"]["target"] == \
+        "executorch-xnnpack-int8"  # both meet the bar: the smaller one
