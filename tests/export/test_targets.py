@@ -34,12 +34,14 @@ def test_registry_is_sound() -> None:
 
 def test_the_six_old_lists_are_one_registry() -> None:
     # What used to be RECIPES/LOWERING_RECIPES/PRECISIONS/QNN_RECIPES/EXPORT_TARGETS/default_targets:
-    assert set(family_targets("executorch")) == {"xnnpack-fp32", "xnnpack-int8", "coreml-fp16", "qnn-fp16"}
+    assert set(family_targets("executorch")) == {"xnnpack-fp32", "xnnpack-int8", "xnnpack-int8-mixed", "coreml-fp16",
+                                                 "qnn-fp16"}
     assert set(family_targets("coreml")) == {"fp16", "fp32", "w8", "w6", "w4", "mixed"}
     assert {"w8a16", "w8a8"} <= set(family_targets("qnn"))
     assert {t.recipe.quantization.name for t in TARGETS.values()} <= set(RECIPES)
     assert [t.name for t in TARGETS.values() if t.main_job is not None] == [
-        "executorch-xnnpack-fp32", "executorch-xnnpack-int8", "coreml-fp16", "qnn-w8a16"]
+        "executorch-xnnpack-fp32", "executorch-xnnpack-int8", "executorch-xnnpack-int8-mixed", "coreml-fp16",
+        "qnn-w8a16"]
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
