@@ -29,6 +29,9 @@ from runtime_py.third_party_logs import (
     show_hidden_messages,
 )
 
+EXIT_PARITY_BELOW_BARS = 1
+"""An exporter's exit status when it wrote the artifacts but their parity is below a bar."""
+
 hide_known_harmless_messages()  # before the flow imports torch, executorch or coremltools
 
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -195,7 +198,7 @@ def run_export(
     if result.passed is False:
         print(f"{prog}: parity below the {target.name} bars (export/numerics/{target.family}.json): "
               f"{'; '.join(result.verify.failures)}", file=sys.stderr)
-        return 1, result, args
+        return EXIT_PARITY_BELOW_BARS, result, args
     return 0, result, args
 
 
