@@ -155,6 +155,21 @@ def _quant_type_named(name: str):
         raise QuantizationError(f"unknown quantization type {name!r}; use one of {[t.name for t in QuantType]}") from None
 
 
+def _inputs_and_overrides(model_path: Path | str, component: str, recipe: QuantRecipe,
+                          overrides: Mapping[str, list[dict[str, Any]]] | None,
+                          sensitive: bool) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """The graph's input names and its per-tensor overrides: the built-in sensitive ones (when
+    ``sensitive``), then the user's, each of which must name a tensor of the graph."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph_tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
+    merged = sensitive_overrides(model, component, recipe) if sensitive else {}
+    for tensor, entry in (overrides or {}).items():
+        if tensor not in graph_tensors:
+            raise QuantizationError(f"component {component!r}: override names tensor {tensor!r}, which is not in the graph")
+        merged[tensor] = [dict(e) for e in entry]
+    return [i.name for i in model.graph.input], merged
+
+
 def quantize_qdq(
     model_path: Path | str,
     out_path: Path | str,
@@ -191,15 +206,7 @@ def quantize_qdq(
     if len(samples) == 0 and ranges is None:
         raise QuantizationError(f"component {component!r}: no calibration samples given")
     activation_type, weight_type = quant_types(recipe)
-    model = onnx.load(str(model_path), load_external_data=False)
-    input_names = [i.name for i in model.graph.input]
-    graph_tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
-    merged = sensitive_overrides(model, component, recipe) if sensitive else {}
-    for tensor, entry in (overrides or {}).items():
-        if tensor not in graph_tensors:
-            raise QuantizationError(f"component {component!r}: override names tensor {tensor!r}, which is not in the graph")
-        merged[tensor] = [dict(e) for e in entry]
-    del model
+    input_names, merged = _inputs_and_overrides(model_path, component, recipe, overrides, sensitive)
     reader = SampleReader(input_names, samples)
     start = time.perf_counter()
     try:
@@ -278,15 +285,7 @@ def calibrate_whole_graph(
     if len(samples) == 0:
         raise QuantizationError(f"component {component!r}: no calibration samples given")
     activation_type, weight_type = quant_types(recipe)
-    model = onnx.load(str(model_path), load_external_data=False)
-    input_names = [i.name for i in model.graph.input]
-    graph_tensors = {v for n in model.graph.node for v in list(n.input) + list(n.output)}
-    merged = sensitive_overrides(model, component, recipe)
-    for tensor, entry in (overrides or {}).items():
-        if tensor not in graph_tensors:
-            raise QuantizationError(f"component {component!r}: override names tensor {tensor!r}, which is not in the graph")
-        merged[tensor] = [dict(e) for e in entry]
-    del model
+    input_names, merged = _inputs_and_overrides(model_path, component, recipe, overrides, sensitive=True)
     reader = SampleReader(input_names, samples)
     try:
         config = get_qnn_qdq_config(str(model_path), reader, calibrate_method=CalibrationMethod.MinMax,
