@@ -97,9 +97,15 @@ class GroupPlan:
 
     groups: list[LayerGroup]
     processors: frozenset[str]
+    _memo: dict[str, str] = field(default_factory=dict, repr=False)
 
     def owner_group(self, owner: str) -> str:
         """The group of an op whose innermost module path is ``owner`` (every op has exactly one)."""
+        if owner not in self._memo:
+            self._memo[owner] = self._owner_group(owner)
+        return self._memo[owner]
+
+    def _owner_group(self, owner: str) -> str:
         if _LORA.search(owner):
             return "focus-lora"
         if owner in self.processors:
@@ -442,7 +448,8 @@ def analyse(
 
     ``calibration``: real input tuples (activation ranges); ``evaluation``: where the output is
     scored (default: the calibration tuples). ``settings``: ``activation_bits`` (qnn: 8 or 16),
-    ``method``/``bits`` (coreml: palettize 4 by default, or linear 8). ``program``: an exported
+    ``method``/``bits`` (coreml: palettize 4 by default, or linear 8; ``weight_threshold``: compress only
+    weights with more elements, coremltools' 2048 by default). ``program``: an exported
     program of the component to quantize (xnnpack), e.g. the exporter's prepared graph;
     ``onnx_path``: likewise the fp32 ONNX graph for qnn.
     """
@@ -466,7 +473,8 @@ def analyse(
     else:
         settings.setdefault("method", "palettize")
         settings.setdefault("bits", 4 if settings["method"] == "palettize" else 8)
-        simulate = coreml_simulator(component, ev, settings["method"], int(settings["bits"]))
+        simulate = coreml_simulator(component, ev, settings["method"], int(settings["bits"]),
+                                    weight_threshold=settings.get("weight_threshold"))
     reference = run_torch(component, ev)
     scores = []
     groups = plan.groups
